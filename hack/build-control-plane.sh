@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Compiles etcd, kube-apiserver, kube-controller-manager and kubectl from the published Go
+# modules into a cache outside the checkout, keyed by version. A second run finds them and
+# returns at once. Prints the bin directory on its last line.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+. "$here/versions.env"
+
+cache_root=${APPID_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/appidentity-operator}
+dest="$cache_root/control-plane/k8s-v$K8S_VERSION-etcd-v$ETCD_VERSION"
+bins=(etcd kube-apiserver kube-controller-manager kubectl)
+
+have_all() { for b in "${bins[@]}"; do [ -x "$dest/bin/$b" ] || return 1; done; }
+if have_all; then echo "$dest/bin"; exit 0; fi
+
+command -v go >/dev/null || { echo "go is needed to compile the control plane" >&2; exit 1; }
+work="$dest/build"
+mkdir -p "$work/k8s" "$work/etcd" "$dest/bin"
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+# --- Kubernetes: a build module that requires k8s.io/kubernetes and maps each staging module
+# (upstream replaces them with local paths, which `go install` refuses) to its published version.
+upstream_mod=$(cd "$work/k8s" && go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" \
+  | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')
+staging=$(sed -n '/^replace (/,/^)/p' "$upstream_mod" | awk '$2 == "=>" && $3 ~ /^\.\/staging/ {print $1}')
+minor=${K8S_VERSION#*.}
+{
+  echo "module appidentity.dev/control-plane-build"
+  echo
+  grep -E '^(go|godebug) ' "$upstream_mod"
+  echo
+  echo "require k8s.io/kubernetes v$K8S_VERSION"
+  echo
+  echo "replace ("
+  for m in $staging; do echo "	$m => $m v0.$minor"; done
+  echo ")"
+  echo
+  echo "tool ("
+  echo "	k8s.io/kubernetes/cmd/kube-apiserver"
+  echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
+  echo "	k8s.io/kubernetes/cmd/kubectl"
+  echo ")"
+} > "$work/k8s/go.mod"
+(cd "$work/k8s" && go mod tidy)
+
+major=${K8S_VERSION%%.*}
+minor_only=${minor%%.*}
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor_only"
+  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+(cd "$work/k8s" && go build -trimpath -ldflags "$ldflags" -o "$dest/bin/" \
+  k8s.io/kubernetes/cmd/kube-apiserver \
+  k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kubectl)
+
+# --- etcd: a one-file wrapper around etcdmain, so the server module's own replaces do not matter.
+cat > "$work/etcd/go.mod" <<MOD
+module appidentity.dev/etcd-build
+
+go 1.24
+
+require go.etcd.io/etcd/server/v3 v$ETCD_VERSION
+MOD
+cat > "$work/etcd/main.go" <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+(cd "$work/etcd" && go mod tidy && go build -trimpath -ldflags "-s -w" -o "$dest/bin/etcd" .)
+
+have_all
+rm -rf "$work"
+echo "$dest/bin"

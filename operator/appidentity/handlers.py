@@ -1,0 +1,301 @@
+"""kopf wiring only: which events wake which identity, and where results go.
+
+One daemon per AppIdentity owns all its work (provision, token, self-check, status), so two
+reconciles of the same identity never race. Everything else only *pokes* that daemon: a change
+of the AppIdentity, a deleted or edited child (drift), a binding or ClusterRole that can change
+what the identity's token may do.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from . import FIELD_MANAGER, GROUP, PLURAL, VERSION
+from . import metrics as m
+from .desired import is_subset, object_key
+from .kube import ApiError, Kube
+from .model import IDENTITY_LABEL, MANAGED_BY, utcnow
+from .policy import load_policy
+from .reconcile import Memory, Result, Runtime, cleanup, reconcile
+from .status import without_timestamps
+from .tokens import parse_time
+from .verify.baseline import Baseline
+
+log = logging.getLogger("appidentity")
+RBAC = "rbac.authorization.k8s.io"
+ERROR_BACKOFF = 5.0
+
+
+@dataclass
+class Options:
+    """Set by `appidentity-operator run` before kopf starts."""
+
+    kubeconfig: str | None = None
+    policy: Path | None = None
+    operator_namespace: str = "appidentity-system"
+    metrics_port: int = 0
+    public_server: str | None = None
+    secret_poll_seconds: float = 30.0
+
+
+OPTIONS = Options()
+
+
+@dataclass
+class Tracked:
+    memory: Memory = field(default_factory=Memory)
+    poke: threading.Event = field(default_factory=threading.Event)
+    drift: list[str] = field(default_factory=list)
+    last_written: dict[str, Any] | None = None
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[str, Tracked] = {}
+
+    def get(self, key: str) -> Tracked:
+        with self._lock:
+            return self._items.setdefault(key, Tracked())
+
+    def find(self, key: str) -> Tracked | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def items(self) -> list[tuple[str, Tracked]]:
+        with self._lock:
+            return list(self._items.items())
+
+    def poke(self, key: str, why: str | None = None, verify: bool = False) -> None:
+        tracked = self.find(key)
+        if tracked is None:
+            return
+        if why:
+            tracked.drift.append(why)
+        if verify:
+            tracked.memory.verify_soon = True
+        tracked.poke.set()
+
+
+REGISTRY = Registry()
+RUNTIME: Runtime | None = None
+
+
+def _key(body: Mapping[str, Any]) -> str:
+    meta = body["metadata"]
+    return f"{meta['namespace']}.{meta['name']}"
+
+
+def _runtime() -> Runtime:
+    assert RUNTIME is not None, "the operator was not started through its startup handler"
+    return RUNTIME
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global RUNTIME
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # kopf turns log lines into Events; ours are posted explicitly, so only failures of kopf
+    # itself become Events (their texts are exception messages, which never hold a token).
+    settings.posting.level = logging.ERROR
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    settings.execution.max_workers = 64  # one thread per identity daemon in flight
+    managed = f"{MANAGED_BY}={FIELD_MANAGER}"
+    settings.watching.label_selectors["serviceaccounts"] = managed
+    settings.watching.label_selectors[RBAC, "roles"] = managed
+    kube = Kube.connect(OPTIONS.kubeconfig, OPTIONS.public_server)
+    baseline = Baseline(kube, OPTIONS.operator_namespace)
+    baseline.ensure()
+    RUNTIME = Runtime(
+        kube=kube,
+        policy=load_policy(OPTIONS.policy),
+        baseline=baseline,
+        secret_poll_seconds=OPTIONS.secret_poll_seconds,
+    )
+    if OPTIONS.metrics_port:
+        m.serve(OPTIONS.metrics_port)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    return kopf.login_via_client(**kwargs)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def identity_changed(body: kopf.Body, **_: Any) -> None:
+    REGISTRY.poke(_key(body))
+
+
+def _publish(rt: Runtime, body: Mapping[str, Any], tracked: Tracked, result: Result) -> None:
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    if tracked.drift and not any(e.type == "Warning" for e in result.events):
+        rt.kube.post_event(
+            body,
+            "Normal",
+            "DriftRepaired",
+            "restored: " + "; ".join(sorted(set(tracked.drift)))[:900],
+        )
+    tracked.drift.clear()
+    for event in result.events:
+        rt.kube.post_event(body, event.type, event.reason, event.message)
+        log.info("%s/%s %s: %s", ns, name, event.reason, event.message)
+    last = (
+        tracked.last_written if tracked.last_written is not None else dict(body.get("status") or {})
+    )
+    if _needs_write(last, result.status):
+        rt.kube.patch_status(ns, name, result.status)
+        tracked.last_written = result.status
+    _export(ns, name, result.status)
+
+
+def _needs_write(last: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """A re-check that found nothing new is written only when the last written check is old:
+    a restart re-proves every identity without rewriting every status."""
+    if without_timestamps(last) != without_timestamps(new):
+        return True
+    before = (last.get("verification") or {}).get("checkedAt")
+    after = (new.get("verification") or {}).get("checkedAt")
+    if before == after or not before or not after:
+        return before != after
+    return bool((parse_time(after) - parse_time(before)).total_seconds() >= 300)
+
+
+def _export(ns: str, name: str, status: Mapping[str, Any]) -> None:
+    conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+    m.VERIFIED.labels(ns, name).set(1 if conditions.get("AccessVerified") == "True" else 0)
+    m.EXCESS.labels(ns, name).set(len((status.get("verification") or {}).get("excess", [])))
+    expires = (status.get("token") or {}).get("expiresAt", "")
+    if expires and expires != "never":
+        m.TOKEN_EXPIRY.labels(ns, name).set((parse_time(expires) - utcnow()).total_seconds())
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+def identity_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    rt = _runtime()
+    key = _key(body)
+    tracked = REGISTRY.get(key)
+    while not stopped:
+        tracked.poke.clear()
+        snapshot = copy.deepcopy(dict(body))
+        if snapshot["metadata"].get("deletionTimestamp"):
+            return
+        started = time.monotonic()
+        try:
+            result = reconcile(rt, snapshot, tracked.memory, utcnow())
+            _publish(rt, snapshot, tracked, result)
+            m.RECONCILES.labels("ok").inc()
+            wait = result.wake_in
+        except ApiError as exc:
+            log.warning("%s: API error %s, retrying in %.0fs", key, exc, ERROR_BACKOFF)
+            m.RECONCILES.labels("error").inc()
+            m.ERRORS.labels("reconcile").inc()
+            wait = ERROR_BACKOFF
+        m.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        deadline = time.monotonic() + wait
+        while not stopped and not tracked.poke.is_set() and time.monotonic() < deadline:
+            tracked.poke.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def identity_deleted(body: kopf.Body, **_: Any) -> None:
+    rt = _runtime()
+    removed = cleanup(rt.kube, body)
+    meta = body["metadata"]
+    REGISTRY.forget(_key(body))
+    m.forget(meta["namespace"], meta["name"])
+    log.info("%s/%s deleted; removed %d objects", meta["namespace"], meta["name"], len(removed))
+
+
+# --- children and RBAC: wake the identity whose rights may have changed ----------------------
+
+
+def _child_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    """Pokes the owning identity when one of its children was deleted or no longer says what
+    the operator applied. Returns whether the object was a managed child."""
+    labels = body.get("metadata", {}).get("labels") or {}
+    owner = labels.get(IDENTITY_LABEL)
+    if not owner or labels.get(MANAGED_BY) != FIELD_MANAGER:
+        return False
+    key = object_key(body)
+    tracked = REGISTRY.find(owner)
+    wanted = tracked.memory.desired.get(key) if tracked else None
+    if wanted is None:
+        REGISTRY.poke(owner)
+        return True
+    what = f"{key[0]} {key[1] + '/' if key[1] else ''}{key[2]}"
+    if event.get("type") == "DELETED":
+        REGISTRY.poke(owner, f"{what} was deleted", verify=True)
+    elif not is_subset(wanted, body):
+        REGISTRY.poke(owner, f"{what} was changed", verify=True)
+    return True
+
+
+def _subject_keys(subjects: list[Mapping[str, Any]] | None) -> set[str]:
+    """Identities whose ServiceAccount a binding names, directly or through a group."""
+    names = {(s.get("kind"), s.get("namespace"), s.get("name")) for s in subjects or []}
+    groups = {s.get("name") for s in subjects or [] if s.get("kind") == "Group"}
+    everyone = bool(groups & {"system:serviceaccounts", "system:authenticated"})
+    found = set()
+    for key, tracked in REGISTRY.items():
+        ns = key.split(".", 1)[0]
+        sa = ("ServiceAccount", ns, tracked.memory.service_account)
+        if everyone or f"system:serviceaccounts:{ns}" in groups or sa in names:
+            found.add(key)
+    return found
+
+
+@kopf.on.event("v1", "serviceaccounts")
+def service_account_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    _child_event(event, body)
+
+
+@kopf.on.event(RBAC, "v1", "roles")
+def role_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    _child_event(event, body)
+
+
+def _binding_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> None:
+    if not _child_event(event, body):
+        for key in _subject_keys(body.get("subjects")):
+            REGISTRY.poke(key, verify=True)
+
+
+@kopf.on.event(RBAC, "v1", "rolebindings")
+def role_binding_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    _binding_event(event, body)
+
+
+@kopf.on.event(RBAC, "v1", "clusterrolebindings")
+def cluster_role_binding_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    _binding_event(event, body)
+
+
+@kopf.on.event(RBAC, "v1", "clusterroles")
+def cluster_role_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    if _child_event(event, body):
+        return
+    name = body.get("metadata", {}).get("name")
+    for key, tracked in REGISTRY.items():
+        if name in tracked.memory.cluster_roles:
+            REGISTRY.poke(key, verify=True)

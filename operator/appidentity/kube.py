@@ -1,0 +1,317 @@
+"""The only place that talks to the API server.
+
+Objects travel as plain dicts (the builders' output) over the official client's transport:
+server-side apply under one field manager, reads, deletes, TokenRequest, status patches, and
+clients that authenticate with nothing but a minted token. No decisions are made here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from kubernetes import client, config
+
+from . import FIELD_MANAGER, GROUP, PLURAL, VERSION
+from .verify.rbac import Request
+
+# kind -> (API prefix, plural, namespaced)
+KINDS: dict[str, tuple[str, str, bool]] = {
+    "Namespace": ("/api/v1", "namespaces", False),
+    "ServiceAccount": ("/api/v1", "serviceaccounts", True),
+    "Secret": ("/api/v1", "secrets", True),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    "ClusterRole": ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
+    "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
+    "AppIdentity": (f"/apis/{GROUP}/{VERSION}", PLURAL, True),
+}
+TIMEOUT = (5.0, 30.0)
+
+
+class ApiError(Exception):
+    """A non-2xx answer. Carries the API server's own Status message, which never holds a
+    request's credentials."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def path_for(kind: str, namespace: str | None = None, name: str | None = None) -> str:
+    prefix, plural, namespaced = KINDS[kind]
+    path = prefix
+    if namespaced and namespace:
+        path += f"/namespaces/{namespace}"
+    path += f"/{plural}"
+    if name:
+        path += f"/{name}"
+    return path
+
+
+class Http:
+    """JSON over one ApiClient; every call returns the decoded body or raises ApiError."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    @property
+    def server(self) -> str:
+        return str(self.api.configuration.host)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+    ) -> Any:
+        if query:
+            path = f"{path}?{urlencode(query)}"
+        headers = {"Accept": accept}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        serialized = self.api.param_serialize(
+            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        response = self.api.call_api(*serialized, _request_timeout=TIMEOUT)
+        response.read()  # type: ignore[no-untyped-call]
+        raw = response.data or b"{}"
+        if not 200 <= response.status <= 299:
+            try:
+                payload = json.loads(raw)
+                reason, message = payload.get("reason", ""), payload.get("message", "")
+            except ValueError:
+                reason, message = "", raw[:200].decode(errors="replace")
+            raise ApiError(response.status, reason or str(response.reason), message)
+        return json.loads(raw) if raw.strip() else {}
+
+    # --- what a token may ask about itself -------------------------------------------------
+
+    def whoami(self) -> str:
+        review = self.request(
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+        )
+        return str(review.get("status", {}).get("userInfo", {}).get("username", ""))
+
+    def access_review(self, req: Request) -> tuple[bool, str]:
+        """(allowed, the authorizer's reason) for one request, asked by the token itself."""
+        if req.url:
+            spec: dict[str, Any] = {"nonResourceAttributes": {"path": req.url, "verb": req.verb}}
+        else:
+            attrs = {
+                "verb": req.verb,
+                "group": req.group,
+                "resource": req.resource,
+                "subresource": req.subresource,
+                "namespace": req.namespace,
+                "name": req.name,
+            }
+            spec = {"resourceAttributes": {k: v for k, v in attrs.items() if v}}
+        review = self.request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            body={
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": spec,
+            },
+        )
+        status = review.get("status", {})
+        return bool(status.get("allowed")), str(status.get("reason", ""))
+
+    def rules_review(self, namespace: str) -> tuple[list[dict[str, Any]], bool]:
+        """(effective rules in the namespace, whether the authorizer said the list is incomplete)."""
+        review = self.request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+            body={
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectRulesReview",
+                "spec": {"namespace": namespace},
+            },
+        )
+        status = review.get("status", {})
+        rules = list(status.get("resourceRules") or []) + list(status.get("nonResourceRules") or [])
+        return rules, bool(status.get("incomplete"))
+
+    def preferred_versions(self) -> dict[str, str]:
+        """API group -> preferred group/version, from discovery ("" -> "v1")."""
+        groups = self.request("GET", "/apis").get("groups", [])
+        found = {g["name"]: g["preferredVersion"]["groupVersion"] for g in groups}
+        found[""] = "v1"
+        return found
+
+    def try_read(self, req: Request, group_version: str) -> int:
+        """Performs a real read (list with limit=1, or get by name); returns the HTTP status."""
+        prefix = "/api/v1" if not req.group else f"/apis/{group_version}"
+        path = prefix + (f"/namespaces/{req.namespace}" if req.namespace else "")
+        path += f"/{req.resource}" + (f"/{req.name}" if req.name else "")
+        try:
+            self.request("GET", path, query=None if req.name else {"limit": "1"})
+            return 200
+        except ApiError as exc:
+            return exc.status
+
+    def openid(self) -> tuple[str, dict[str, Any]]:
+        """(issuer, JWKS) as the API server publishes them. The keys are read from the API
+        server itself even when the discovery document names another jwks_uri (e.g. a bucket)."""
+        discovery = self.request("GET", "/.well-known/openid-configuration")
+        jwks: dict[str, Any] = self.request(
+            "GET", "/openid/v1/jwks", accept="application/jwk-set+json"
+        )
+        return str(discovery.get("issuer", "")), jwks
+
+
+class Kube(Http):
+    """The operator's own connection (its ServiceAccount in a cluster, a kubeconfig locally)."""
+
+    def __init__(self, api: client.ApiClient, ca_crt: bytes, public_server: str | None = None):
+        super().__init__(api)
+        self.ca_crt = ca_crt
+        # The address written into identities' kubeconfigs; in a cluster the operator's own
+        # address is the in-cluster Service, which is right for Pods but not for laptops.
+        self.public_server = public_server or self.server
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None, public_server: str | None = None) -> Kube:
+        cfg = client.Configuration()
+        if kubeconfig is None and Path(config.incluster_config.SERVICE_TOKEN_FILENAME).exists():
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, client_configuration=cfg
+            )
+        ca_crt = Path(cfg.ssl_ca_cert).read_bytes() if cfg.ssl_ca_cert else b""
+        return cls(client.ApiClient(cfg), ca_crt, public_server)
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.request("GET", path_for(kind, namespace, name))
+            return found
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_objects(
+        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        items: list[dict[str, Any]] = self.request(
+            "GET", path_for(kind, namespace), query=query
+        ).get("items", [])
+        return items
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply under the operator's field manager, forcing what it owns."""
+        meta = obj["metadata"]
+        applied: dict[str, Any] = self.request(
+            "PATCH",
+            path_for(obj["kind"], meta.get("namespace"), meta["name"]),
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+        return applied
+
+    def delete(self, kind: str, namespace: str | None, name: str, uid: str | None = None) -> bool:
+        """Deletes (in the background); False if it was already gone. A uid precondition keeps
+        a replacement object made by someone else safe."""
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        body["propagationPolicy"] = "Background"
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            self.request("DELETE", path_for(kind, namespace, name), body=body)
+            return True
+        except ApiError as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+
+    def request_token(
+        self,
+        namespace: str,
+        service_account: str,
+        seconds: int,
+        audiences: list[str],
+        bound_secret: tuple[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """A TokenRequest, bound to the (name, uid) Secret when given, so that deleting the
+        Secret revokes the token. The response holds the token: keep it out of every output."""
+        spec: dict[str, Any] = {"audiences": audiences, "expirationSeconds": seconds}
+        if bound_secret:
+            name, uid = bound_secret
+            spec["boundObjectRef"] = {
+                "kind": "Secret",
+                "apiVersion": "v1",
+                "name": name,
+                "uid": uid,
+            }
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        path = path_for("ServiceAccount", namespace, service_account) + "/token"
+        result: dict[str, Any] = self.request("POST", path, body=body)
+        return result
+
+    def post_event(
+        self, involved: Mapping[str, Any], type_: str, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event on the AppIdentity; callers pass messages that never hold a token."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta['name']}.{time.time_ns():x}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion", f"{GROUP}/{VERSION}"),
+                "kind": involved.get("kind", "AppIdentity"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now[:19] + "Z",
+            "lastTimestamp": now[:19] + "Z",
+            "count": 1,
+        }
+        self.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.request(
+            "PATCH",
+            path_for("AppIdentity", namespace, name) + "/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    def token_client(self, token: str) -> Http:
+        """A client that authenticates with the given token and nothing else."""
+        cfg = client.Configuration(host=self.server)
+        cfg.api_key = {"BearerToken": token}
+        cfg.api_key_prefix = {"BearerToken": "Bearer"}
+        own = self.api.configuration
+        cfg.verify_ssl = own.verify_ssl
+        cfg.ca_cert_data = self.ca_crt.decode() if self.ca_crt else None
+        cfg.ssl_ca_cert = None if self.ca_crt else own.ssl_ca_cert
+        return Http(client.ApiClient(cfg))

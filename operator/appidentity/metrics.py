@@ -1,0 +1,42 @@
+"""Prometheus metrics. Labels carry identity names, never anything from a Secret."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+RECONCILES = Counter(
+    "appidentity_reconciles_total", "Reconciles of AppIdentities, by result", ["result"]
+)
+RECONCILE_SECONDS = Histogram(
+    "appidentity_reconcile_duration_seconds",
+    "Time of one reconcile including the self-check",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+VERIFIED = Gauge(
+    "appidentity_verified",
+    "1 when the identity's token was last proven to do exactly what was granted",
+    ["namespace", "name"],
+)
+EXCESS = Gauge(
+    "appidentity_excess_rules", "Effective rules not covered by the grant", ["namespace", "name"]
+)
+TOKEN_EXPIRY = Gauge(
+    "appidentity_token_expiry_seconds",
+    "Seconds until the identity's Bound token expires",
+    ["namespace", "name"],
+)
+ERRORS = Counter(
+    "appidentity_errors_total", "Errors talking to the API server, by phase", ["phase"]
+)
+
+
+def serve(port: int) -> None:
+    start_http_server(port)
+
+
+def forget(namespace: str, name: str) -> None:
+    for gauge in (VERIFIED, EXCESS, TOKEN_EXPIRY):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)

@@ -1,0 +1,284 @@
+"""The AppIdentity API as Python types.
+
+The CRD's structural schema and CEL rules reject bad input at admission; these models repeat the
+structural rules so that the operator refuses the same input with the same field names when it
+meets an object that bypassed admission (an older CRD, a restored backup, a test).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from . import FIELD_MANAGER
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+CLUSTER_ROLE_NAME = re.compile(
+    r"^[a-z0-9]([-a-z0-9:]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9:]*[a-z0-9])?)*$"
+)
+MAX_IDENTITY_NAME = 40
+MAX_LABEL_VALUE = 63
+DEFAULT_TOKEN_SECONDS = 3600
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+IDENTITY_LABEL = "appidentity.dev/identity"
+CONSENT_ANNOTATION = "appidentity.dev/accept-grants-from"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Rule(_Model):
+    """One RBAC PolicyRule, as written in the spec."""
+
+    api_groups: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    verbs: tuple[str, ...] = Field(min_length=1, max_length=16)
+    resource_names: tuple[str, ...] = Field(default=(), max_length=64)
+    non_resource_urls: tuple[str, ...] = Field(default=(), max_length=32, alias="nonResourceURLs")
+
+    def to_k8s(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {"verbs": list(self.verbs)}
+        if self.non_resource_urls:
+            out["nonResourceURLs"] = list(self.non_resource_urls)
+            return out
+        out["apiGroups"] = list(self.api_groups)
+        out["resources"] = list(self.resources)
+        if self.resource_names:
+            out["resourceNames"] = list(self.resource_names)
+        return out
+
+
+class NamespacedRule(Rule):
+    @model_validator(mode="after")
+    def _resource_rule(self) -> NamespacedRule:
+        if self.non_resource_urls:
+            raise ValueError("nonResourceURLs: only allowed in spec.clusterRules")
+        if not self.api_groups or not self.resources:
+            raise ValueError("apiGroups and resources: both are required")
+        return self
+
+
+class ClusterRule(Rule):
+    @model_validator(mode="after")
+    def _one_kind(self) -> ClusterRule:
+        if self.non_resource_urls and (self.api_groups or self.resources):
+            raise ValueError("set either nonResourceURLs, or apiGroups and resources")
+        if not self.non_resource_urls and not (self.api_groups and self.resources):
+            raise ValueError("resource rules need both apiGroups and resources")
+        return self
+
+
+def _cluster_role_names(v: tuple[str, ...]) -> tuple[str, ...]:
+    if len(set(v)) != len(v):
+        raise ValueError("duplicate entries")
+    for name in v:
+        if len(name) > 253 or not CLUSTER_ROLE_NAME.match(name):
+            raise ValueError(f"{name!r} is not a ClusterRole name")
+    return v
+
+
+class ServiceAccountSpec(_Model):
+    name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN.pattern)
+    automount_token: bool = False
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    annotations: dict[str, str] = Field(default_factory=dict, max_length=32)
+
+
+class NamespaceGrant(_Model):
+    name: str = Field(max_length=63, pattern=DNS_LABEL.pattern)
+    rules: tuple[NamespacedRule, ...] = Field(default=(), max_length=32)
+    cluster_roles: tuple[str, ...] = Field(default=(), max_length=16)
+
+    _roles = field_validator("cluster_roles")(_cluster_role_names)
+
+    @model_validator(mode="after")
+    def _grants_something(self) -> NamespaceGrant:
+        if not self.rules and not self.cluster_roles:
+            raise ValueError("set rules or clusterRoles")
+        return self
+
+
+class TokenSpec(_Model):
+    type: Literal["Bound", "Legacy"] = "Bound"
+    secret_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN.pattern)
+    expiration_seconds: int | None = Field(default=None, ge=600, le=31_536_000)
+    audiences: tuple[str, ...] = Field(default=(), max_length=8)
+    kubeconfig: bool = True
+
+    @model_validator(mode="after")
+    def _bound_only(self) -> TokenSpec:
+        if self.type == "Legacy" and (self.expiration_seconds is not None or self.audiences):
+            raise ValueError("expirationSeconds and audiences apply only to type Bound")
+        return self
+
+    @property
+    def lifetime_seconds(self) -> int:
+        return self.expiration_seconds or DEFAULT_TOKEN_SECONDS
+
+
+class AccessCheck(_Model):
+    """A single (verb, group, resource[/subresource], namespace, name) question."""
+
+    verb: str = Field(min_length=1, max_length=63)
+    group: str = ""
+    resource: str = Field(min_length=1, max_length=253)
+    subresource: str = ""
+    name: str = ""
+    namespace: str = ""
+
+
+class VerificationSpec(_Model):
+    interval_seconds: int = Field(default=600, ge=30, le=86_400)
+    must_deny: tuple[AccessCheck, ...] = Field(default=(), max_length=32)
+    allow_excess: bool = False
+
+
+class Schedule(_Model):
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Schedule:
+        if self.not_before and self.expires_at and self.not_before >= self.expires_at:
+            raise ValueError("notBefore must be before expiresAt")
+        return self
+
+    def active_at(self, now: datetime) -> bool:
+        if self.not_before and now < self.not_before:
+            return False
+        return not (self.expires_at and now >= self.expires_at)
+
+    def next_change_after(self, now: datetime) -> datetime | None:
+        """The next instant at which active_at() flips, so the operator can wake up then."""
+        for moment in (self.not_before, self.expires_at):
+            if moment and moment > now:
+                return moment
+        return None
+
+
+class AppIdentitySpec(_Model):
+    service_account: ServiceAccountSpec = ServiceAccountSpec()
+    rules: tuple[NamespacedRule, ...] = Field(default=(), max_length=32)
+    cluster_roles: tuple[str, ...] = Field(default=(), max_length=16)
+    namespaces: tuple[NamespaceGrant, ...] = Field(default=(), max_length=32)
+    cluster_rules: tuple[ClusterRule, ...] = Field(default=(), max_length=32)
+    token: TokenSpec = TokenSpec()
+    verification: VerificationSpec = VerificationSpec()
+    schedule: Schedule = Schedule()
+
+    _roles = field_validator("cluster_roles")(_cluster_role_names)
+
+    @model_validator(mode="after")
+    def _grants_something(self) -> AppIdentitySpec:
+        if not (self.rules or self.cluster_roles or self.namespaces or self.cluster_rules):
+            raise ValueError(
+                "grants nothing; set at least one of spec.rules, spec.clusterRoles, "
+                "spec.namespaces, spec.clusterRules"
+            )
+        names = [g.name for g in self.namespaces]
+        if len(set(names)) != len(names):
+            raise ValueError("namespaces: duplicate namespace names")
+        return self
+
+
+class Identity(_Model):
+    """Everything the pure decisions need to know about one AppIdentity object."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: AppIdentitySpec
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}.{self.name}"
+
+    @property
+    def service_account(self) -> str:
+        return self.spec.service_account.name or self.name
+
+    @property
+    def secret_name(self) -> str:
+        return self.spec.token.secret_name or f"{self.name}-token"
+
+    @property
+    def subject(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {MANAGED_BY: FIELD_MANAGER, IDENTITY_LABEL: self.key}
+
+    @property
+    def grant_namespaces(self) -> tuple[str, ...]:
+        return tuple(g.name for g in self.spec.namespaces)
+
+
+class SpecError(ValueError):
+    """Bad input, with every problem named by its field path (e.g. `spec.rules[0].verbs`)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = "spec"
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{to_camel(part) if '_' in part else part}"
+    return path
+
+
+def parse_identity(body: dict[str, Any]) -> Identity:
+    """Turns an AppIdentity object into an Identity, or raises SpecError naming each field."""
+    meta = body.get("metadata", {})
+    name = meta.get("name", "")
+    namespace = meta.get("namespace", "")
+    problems: list[str] = []
+    if len(name) > MAX_IDENTITY_NAME or not DNS_LABEL.match(name):
+        problems.append(
+            f"metadata.name: must be a DNS-1123 label of at most {MAX_IDENTITY_NAME} characters"
+        )
+    if len(f"{namespace}.{name}") > MAX_LABEL_VALUE:
+        problems.append(
+            f"metadata.name: '<namespace>.<name>' must fit in {MAX_LABEL_VALUE} characters "
+            "(it is the value of the appidentity.dev/identity label)"
+        )
+    try:
+        spec = AppIdentitySpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False, include_input=False):
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{_field_path(loc)}: {msg}")
+        spec = None
+    if problems or spec is None:
+        raise SpecError(problems)
+    return Identity(
+        namespace=namespace,
+        name=name,
+        uid=meta.get("uid", ""),
+        generation=int(meta.get("generation", 0)),
+        spec=spec,
+    )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

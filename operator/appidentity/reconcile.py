@@ -1,0 +1,675 @@
+"""One reconcile of one AppIdentity: gather inputs, decide (pure), apply (kube), prove (verify),
+and describe the outcome as a status and Events. Handlers call `reconcile` and `cleanup`.
+
+Order matters and is chosen so that nothing is half-applied: bad input and policy violations stop
+before any write; conflicts with objects the operator did not create stop before any write; the
+ServiceAccount exists before anything names it; grants dropped from the spec are removed after
+the new ones exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import desired as build
+from . import status as st
+from . import tokens
+from .kube import ApiError, Kube
+from .model import IDENTITY_LABEL, MANAGED_BY, Identity, SpecError, parse_identity, rfc3339
+from .policy import Policy, check
+from .verify.baseline import Baseline
+from .verify.plan import Plan, build_plan
+from .verify.run import OpenIdCache, Verification, verify
+
+log = logging.getLogger(__name__)
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # RBAC propagation lag before a failure is declared
+LEGACY_WAIT = 2.0
+PRUNE_KINDS = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
+AUDIENCES = "appidentity.dev/token-audiences"
+
+
+@dataclass
+class Runtime:
+    """Process-wide collaborators, built once at start."""
+
+    kube: Kube
+    policy: Policy
+    baseline: Baseline
+    openid: OpenIdCache = field(default_factory=OpenIdCache)
+    secret_poll_seconds: float = 30.0
+
+
+@dataclass
+class Memory:
+    """What the operator remembers about one identity between reconciles, in this process only.
+    Losing it (a restart) costs reads, never correctness."""
+
+    owned: set[tuple[str, str, str]] = field(default_factory=set)
+    desired: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    pruned_for: tuple[int, bool] | None = None
+    verified_generation: int = -1
+    next_verify: datetime | None = None
+    verify_soon: bool = True
+    rules_hash: str = ""
+    rules_hash_generation: int = -1
+    retries: int = 0
+    last_verification: dict[str, Any] | None = None
+    cluster_roles: set[str] = field(default_factory=set)
+    service_account: str = ""
+
+
+@dataclass
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Result:
+    status: dict[str, Any]
+    events: list[Event]
+    wake_in: float  # seconds until this identity needs attention again
+
+
+class Conflict(Exception):
+    pass
+
+
+def _now_text(now: datetime) -> str:
+    return rfc3339(now)
+
+
+def _stop(body: Mapping[str, Any], now: datetime, reason: str, message: str, event: str) -> Result:
+    """A reconcile that must not write anything: bad input, policy, conflicts."""
+    meta = body.get("metadata", {})
+    previous = body.get("status") or {}
+    parts = [st.Condition(st.PROVISIONED, False, reason, message)]
+    conditions = st.conditions(
+        parts, previous.get("conditions", []), meta.get("generation", 0), _now_text(now)
+    )
+    status = {**previous, "observedGeneration": meta.get("generation", 0), "conditions": conditions}
+    return Result(status, [Event("Warning", event, message)], wake_in=300.0)
+
+
+# --- provisioning --------------------------------------------------------------------------
+
+
+def consenting_namespaces(rt: Runtime, identity: Identity) -> set[str]:
+    out = set()
+    for ns in identity.grant_namespaces:
+        found = rt.kube.get("Namespace", None, ns)
+        annotations = (found or {}).get("metadata", {}).get("annotations") or {}
+        if found and build.consents(annotations, identity.namespace):
+            out.add(ns)
+    return out
+
+
+def _is_ours(identity: Identity, obj: Mapping[str, Any]) -> bool:
+    return bool((obj.get("metadata", {}).get("labels") or {}).get(IDENTITY_LABEL) == identity.key)
+
+
+def _check_conflicts(
+    rt: Runtime, identity: Identity, mem: Memory, keys: list[tuple[str, str, str]]
+) -> None:
+    """Refuses to touch an object of the same name that the operator did not create."""
+    foreign = []
+    for key in keys:
+        if key in mem.owned:
+            continue
+        kind, ns, name = key
+        found = rt.kube.get(kind, ns or None, name)
+        if found is not None and not _is_ours(identity, found):
+            foreign.append(f"{kind} {ns + '/' if ns else ''}{name}")
+    if foreign:
+        raise Conflict(
+            "these objects exist and were not created for this identity, so they are left "
+            "untouched: " + ", ".join(foreign)
+        )
+
+
+def _apply(rt: Runtime, obj: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return rt.kube.apply(obj)
+    except ApiError as exc:
+        # roleRef is immutable: a binding that must point elsewhere is replaced.
+        if (
+            exc.status == 422
+            and obj["kind"] in ("RoleBinding", "ClusterRoleBinding")
+            and "roleRef" in exc.message
+        ):
+            meta = obj["metadata"]
+            rt.kube.delete(obj["kind"], meta.get("namespace"), meta["name"])
+            return rt.kube.apply(obj)
+        raise
+
+
+def _prune(
+    rt: Runtime, identity: Identity, keep: set[tuple[str, str, str]], previous: Mapping[str, Any]
+) -> list[str]:
+    """Deletes what this identity created and no longer wants: RBAC objects found by label, and
+    a ServiceAccount or Secret left behind by a rename (named in the previous status)."""
+    removed = []
+    selector = f"{IDENTITY_LABEL}={identity.key}"
+    for kind in PRUNE_KINDS:
+        for obj in rt.kube.list_objects(kind, None, selector):
+            key = build.object_key({"kind": kind, "metadata": obj["metadata"]})
+            if key not in keep and rt.kube.delete(
+                kind, key[1] or None, key[2], obj["metadata"].get("uid")
+            ):
+                removed.append(f"{kind} {key[1] + '/' if key[1] else ''}{key[2]}")
+    for kind, field_name in (("ServiceAccount", "serviceAccountName"), ("Secret", "secretName")):
+        old = previous.get(field_name)
+        if old and (kind, identity.namespace, old) not in keep:
+            found = rt.kube.get(kind, identity.namespace, old)
+            if (
+                found
+                and _is_ours(identity, found)
+                and rt.kube.delete(kind, identity.namespace, old, found["metadata"]["uid"])
+            ):
+                removed.append(f"{kind} {identity.namespace}/{old}")
+    return removed
+
+
+# --- tokens --------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenState:
+    condition: st.Condition
+    token: str | None = field(default=None, repr=False)
+    audiences: list[str] = field(default_factory=list)
+    expires_at: str = ""
+    refresh_at: datetime | None = None
+    issued: bool = False  # a new token was minted in this reconcile
+    why: str = ""
+
+
+def _bound_token(
+    rt: Runtime, identity: Identity, sa: Mapping[str, Any], now: datetime
+) -> TokenState:
+    ns, name = identity.namespace, identity.secret_name
+    secret = rt.kube.get("Secret", ns, name)
+    if secret is None:
+        secret = rt.kube.apply(build.token_secret(identity))
+    sa_uid = sa["metadata"]["uid"]
+    why = tokens.why_mint(identity, secret, sa_uid, now)
+    if why is None:
+        annotations = secret["metadata"].get("annotations") or {}
+        return TokenState(
+            st.Condition(
+                st.TOKEN_ISSUED,
+                True,
+                "TokenValid",
+                f"Bound token valid until {annotations[tokens.EXPIRES_AT]}",
+            ),
+            token=tokens.secret_token(secret),
+            audiences=_audiences_of(secret),
+            expires_at=annotations[tokens.EXPIRES_AT],
+            refresh_at=tokens.parse_time(annotations[tokens.REFRESH_AT]),
+        )
+    response = rt.kube.request_token(
+        ns,
+        identity.service_account,
+        identity.spec.token.lifetime_seconds,
+        list(identity.spec.token.audiences),
+        bound_secret=(name, secret["metadata"]["uid"]),
+    )
+    token = response["status"]["token"]
+    expires = tokens.parse_time(response["status"]["expirationTimestamp"])
+    audiences = list(response.get("spec", {}).get("audiences") or [])
+    material = build.TokenMaterial(token, rfc3339(expires), rt.kube.ca_crt, rt.kube.public_server)
+    manifest = build.token_secret(identity, material)
+    manifest["metadata"]["annotations"] = {
+        **tokens.token_annotations(identity, now, expires, secret["metadata"]["uid"], sa_uid),
+        AUDIENCES: ",".join(audiences),
+    }
+    rt.kube.apply(manifest)
+    return TokenState(
+        st.Condition(
+            st.TOKEN_ISSUED,
+            True,
+            "TokenIssued",
+            f"Bound token issued, valid until {rfc3339(expires)}",
+        ),
+        token=token,
+        audiences=audiences,
+        expires_at=rfc3339(expires),
+        refresh_at=tokens.refresh_at(now, expires),
+        issued=True,
+        why=why,
+    )
+
+
+def _audiences_of(secret: Mapping[str, Any]) -> list[str]:
+    raw = (secret["metadata"].get("annotations") or {}).get(AUDIENCES, "")
+    return [a for a in raw.split(",") if a]
+
+
+def _legacy_token(rt: Runtime, identity: Identity) -> TokenState:
+    secret = rt.kube.apply(build.token_secret(identity))
+    token = tokens.secret_token(secret)
+    if token is None:
+        return TokenState(
+            st.Condition(
+                st.TOKEN_ISSUED,
+                False,
+                "WaitingForTokenController",
+                "waiting for the cluster's token controller to fill the Secret",
+            )
+        )
+    if identity.spec.token.kubeconfig:
+        wanted = build.legacy_kubeconfig_patch(
+            identity, rt.kube.public_server, rt.kube.ca_crt, token
+        )
+        if (secret.get("data") or {}).get("kubeconfig") != wanted["data"]["kubeconfig"]:
+            rt.kube.apply(wanted)
+    return TokenState(
+        st.Condition(
+            st.TOKEN_ISSUED,
+            True,
+            "TokenValid",
+            "Legacy token filled by the token controller; it never expires",
+        ),
+        token=token,
+        expires_at="never",
+    )
+
+
+def _revoke(rt: Runtime, identity: Identity) -> bool:
+    found = rt.kube.get("Secret", identity.namespace, identity.secret_name)
+    if found and _is_ours(identity, found):
+        return rt.kube.delete(
+            "Secret", identity.namespace, identity.secret_name, found["metadata"]["uid"]
+        )
+    return False
+
+
+# --- verification --------------------------------------------------------------------------
+
+
+def _cluster_role_rules(rt: Runtime, identity: Identity) -> dict[str, list[dict[str, Any]]]:
+    names = set(identity.spec.cluster_roles)
+    for grant in identity.spec.namespaces:
+        names |= set(grant.cluster_roles)
+    rules = {}
+    for name in sorted(names):
+        found = rt.kube.get("ClusterRole", None, name)
+        rules[name] = list((found or {}).get("rules") or [])
+    return rules
+
+
+def prove(
+    rt: Runtime, identity: Identity, consenting: set[str], token: str, audiences: list[str]
+) -> tuple[Plan, Verification]:
+    """The self-check: plan from the spec and the named ClusterRoles, asked with the token."""
+    plan = build_plan(identity, consenting, _cluster_role_rules(rt, identity))
+    http = rt.kube.token_client(token)
+    return plan, verify(http, identity, plan, token, audiences, rt.baseline, rt.openid)
+
+
+def stored_token(rt: Runtime, identity: Identity) -> tuple[str | None, list[str]]:
+    """(token, audiences) from the identity's Secret, for an on-demand check."""
+    secret = rt.kube.get("Secret", identity.namespace, identity.secret_name)
+    if secret is None:
+        return None, []
+    return tokens.secret_token(secret), _audiences_of(secret)
+
+
+def _verification_status(ver: Verification, plan_truncated: int, now: datetime) -> dict[str, Any]:
+    return {
+        "checkedAt": rfc3339(now),
+        "authenticatedAs": ver.authenticated_as,
+        "allowedChecks": ver.passed_count(True),
+        "deniedChecks": ver.passed_count(False),
+        "failed": [r.as_failure() for r in ver.failed][:50],
+        "excess": ver.excess[:50],
+        "rulesHash": ver.rules_hash,
+    }
+
+
+def _verified_condition(identity: Identity, ver: Verification) -> st.Condition:
+    if ver.error:
+        return st.Condition(st.ACCESS_VERIFIED, False, "TokenRejected", ver.error)
+    if ver.failed:
+        first = ver.failed[0]
+        what = first.request.describe()
+        expected = "allowed" if first.expected_allowed else "denied"
+        got = "allowed" if first.got_allowed else "denied"
+        return st.Condition(
+            st.ACCESS_VERIFIED,
+            False,
+            "CheckFailed",
+            f"{len(ver.failed)} check(s) failed; first: {what} expected {expected}, got {got} (via {first.via})",
+        )
+    if not ver.jwt.ok:
+        return st.Condition(st.ACCESS_VERIFIED, False, "TokenSignatureInvalid", ver.jwt.reason)
+    if ver.excess and not identity.spec.verification.allow_excess:
+        item = ver.excess[0]
+        what = ",".join(item.get("verbs", [])) + " "
+        what += ",".join(item.get("resources", item.get("nonResourceURLs", [])))
+        return st.Condition(
+            st.ACCESS_VERIFIED,
+            False,
+            "ExcessPrivilege",
+            f"the token can do more than granted: {len(ver.excess)} rule(s), e.g. {what} in {item['namespace']}",
+        )
+    msg = (
+        f"{ver.passed_count(True)} allowed and {ver.passed_count(False)} denied checks passed; "
+        f"signature verified (kid {ver.jwt.key_id})"
+    )
+    if ver.excess:
+        msg += f"; {len(ver.excess)} excess rule(s) allowed by spec.verification.allowExcess"
+    return st.Condition(st.ACCESS_VERIFIED, True, "AccessVerified", msg)
+
+
+def _jittered(seconds: int) -> timedelta:
+    return timedelta(seconds=seconds * random.uniform(0.9, 1.1))
+
+
+# --- the reconcile -------------------------------------------------------------------------
+
+
+def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) -> Result:
+    try:
+        identity = parse_identity(dict(body))
+    except SpecError as exc:
+        return _stop(body, now, "InvalidSpec", str(exc), "InvalidSpec")
+    violations = check(identity, rt.policy)
+    if violations:
+        message = "; ".join(str(v) for v in violations)
+        return _stop(body, now, "PolicyViolation", message, "PolicyViolation")
+
+    previous = dict(body.get("status") or {})
+    events: list[Event] = []
+    active = identity.spec.schedule.active_at(now)
+    consenting = consenting_namespaces(rt, identity)
+    want = build.desired_state(identity, consenting, active)
+    secret_key = ("Secret", identity.namespace, identity.secret_name)
+    try:
+        _check_conflicts(
+            rt, identity, mem, [build.object_key(o) for o in want.objects] + [secret_key]
+        )
+    except Conflict as exc:
+        return _stop(body, now, "Conflict", str(exc), "Conflict")
+
+    applied = {}
+    for obj in want.objects:
+        applied[build.object_key(obj)] = _apply(rt, obj)
+    mem.owned |= want.keys() | {secret_key}
+    mem.desired = {build.object_key(o): o for o in want.objects}
+    mem.service_account = identity.service_account
+    mem.cluster_roles = set(identity.spec.cluster_roles) | {
+        r for g in identity.spec.namespaces for r in g.cluster_roles
+    }
+
+    if mem.pruned_for != (identity.generation, active):
+        removed = _prune(rt, identity, want.keys() | {secret_key}, previous)
+        if removed:
+            events.append(
+                Event(
+                    "Normal",
+                    "Pruned",
+                    "removed what the spec no longer asks for: " + ", ".join(removed),
+                )
+            )
+        mem.pruned_for = (identity.generation, active)
+
+    grants = [{"namespace": identity.namespace, "state": "Applied", "message": ""}]
+    grants += [
+        {
+            "namespace": ns,
+            "state": "Applied" if ns in consenting else "Refused",
+            "message": ""
+            if ns in consenting
+            else f"namespace lacks the annotation appidentity.dev/accept-grants-from: {identity.namespace}",
+        }
+        for ns in identity.grant_namespaces
+    ]
+    if want.refused_namespaces:
+        provisioned = st.Condition(
+            st.PROVISIONED,
+            False,
+            "ConsentMissing",
+            "grants refused by namespaces without consent: " + ", ".join(want.refused_namespaces),
+        )
+    else:
+        provisioned = st.Condition(
+            st.PROVISIONED, True, "Applied", f"{len(want.objects) + 1} objects applied"
+        )
+
+    sa = applied[("ServiceAccount", identity.namespace, identity.service_account)]
+    wake = float(identity.spec.verification.interval_seconds)
+    change = identity.spec.schedule.next_change_after(now)
+    if change:
+        wake = min(wake, (change - now).total_seconds() + 0.5)
+    if not active:
+        if _revoke(rt, identity):
+            events.append(
+                Event("Normal", "TokenRevoked", "outside the schedule window: token Secret deleted")
+            )
+        when = (
+            identity.spec.schedule.not_before
+            if identity.spec.schedule.not_before and now < identity.spec.schedule.not_before
+            else identity.spec.schedule.expires_at
+        )
+        state = (
+            "not active before"
+            if identity.spec.schedule.not_before and now < identity.spec.schedule.not_before
+            else "expired at"
+        )
+        message = f"schedule: {state} {rfc3339(when) if when else ''}; no bindings, no token"
+        token = TokenState(st.Condition(st.TOKEN_ISSUED, False, "ScheduleInactive", message))
+        verified = st.Condition(st.ACCESS_VERIFIED, False, "ScheduleInactive", message)
+        return _finish(
+            identity,
+            previous,
+            now,
+            [provisioned, token.condition, verified],
+            token,
+            None,
+            grants,
+            events,
+            wake,
+        )
+
+    token = (
+        _bound_token(rt, identity, sa, now)
+        if identity.spec.token.type == "Bound"
+        else _legacy_token(rt, identity)
+    )
+    if token.issued:
+        events.append(
+            Event(
+                "Normal",
+                "TokenIssued",
+                f"new token minted ({token.why}), valid until {token.expires_at}",
+            )
+        )
+        mem.verify_soon = True
+    if token.token is None:
+        return _finish(
+            identity,
+            previous,
+            now,
+            [
+                provisioned,
+                token.condition,
+                st.Condition(st.ACCESS_VERIFIED, None, "WaitingForToken", "no token to check yet"),
+            ],
+            token,
+            None,
+            grants,
+            events,
+            LEGACY_WAIT,
+        )
+    if token.refresh_at:
+        wake = min(wake, max(1.0, (token.refresh_at - now).total_seconds()))
+    wake = min(wake, rt.secret_poll_seconds)
+
+    due = (
+        mem.verify_soon
+        or mem.verified_generation != identity.generation
+        or (mem.next_verify is None or now >= mem.next_verify)
+    )
+    if not due and mem.last_verification is not None:
+        verified_cond = st.Condition(**mem.last_verification["condition"])
+        return _finish(
+            identity,
+            previous,
+            now,
+            [provisioned, token.condition, verified_cond],
+            token,
+            mem.last_verification["status"],
+            grants,
+            events,
+            min(wake, (mem.next_verify - now).total_seconds() if mem.next_verify else wake),
+        )
+
+    plan, ver = prove(rt, identity, consenting, token.token, token.audiences)
+    cond = _verified_condition(identity, ver)
+    if cond.status is not True and mem.retries < len(RETRY_DELAYS):
+        # RBAC reaches every authorizer a moment after it is written: ask again before failing.
+        delay = RETRY_DELAYS[mem.retries]
+        mem.retries += 1
+        pending = st.Condition(
+            st.ACCESS_VERIFIED, None, "Verifying", f"re-checking in {delay:.0f}s: {cond.message}"
+        )
+        return _finish(
+            identity,
+            previous,
+            now,
+            [provisioned, token.condition, pending],
+            token,
+            previous.get("verification"),
+            grants,
+            events,
+            delay,
+        )
+    mem.retries = 0
+    mem.verify_soon = False
+    mem.verified_generation = identity.generation
+    mem.next_verify = now + _jittered(identity.spec.verification.interval_seconds)
+    verification = _verification_status(ver, plan.truncated, now)
+    if (
+        mem.rules_hash
+        and ver.rules_hash != mem.rules_hash
+        and mem.rules_hash_generation == identity.generation
+    ):
+        events.append(
+            Event(
+                "Warning",
+                "EffectiveRulesChanged",
+                "the token's effective rules changed without a change of the spec",
+            )
+        )
+    mem.rules_hash, mem.rules_hash_generation = ver.rules_hash, identity.generation
+    mem.last_verification = {"condition": cond.__dict__, "status": verification}
+    token_status_extra = {"issuer": ver.jwt.issuer, "keyID": ver.jwt.key_id}
+    result = _finish(
+        identity,
+        previous,
+        now,
+        [provisioned, token.condition, cond],
+        token,
+        verification,
+        grants,
+        events,
+        min(wake, (mem.next_verify - now).total_seconds()),
+        token_status_extra,
+    )
+    return result
+
+
+def _finish(
+    identity: Identity,
+    previous: Mapping[str, Any],
+    now: datetime,
+    parts: list[st.Condition],
+    token: TokenState,
+    verification: Mapping[str, Any] | None,
+    grants: list[dict[str, str]],
+    events: list[Event],
+    wake: float,
+    token_extra: Mapping[str, str] | None = None,
+) -> Result:
+    token_status: dict[str, Any] = {"type": identity.spec.token.type}
+    if token.expires_at:
+        token_status["expiresAt"] = token.expires_at
+    if token.refresh_at:
+        token_status["refreshAt"] = rfc3339(token.refresh_at)
+    if token.audiences:
+        token_status["audiences"] = token.audiences
+    old_token = previous.get("token") or {}
+    extra = token_extra or {k: old_token[k] for k in ("issuer", "keyID") if k in old_token}
+    token_status.update(extra)
+    status: dict[str, Any] = {
+        "observedGeneration": identity.generation,
+        "conditions": st.conditions(
+            parts, previous.get("conditions", []), identity.generation, _now_text(now)
+        ),
+        "subject": identity.subject,
+        "serviceAccountName": identity.service_account,
+        "secretName": identity.secret_name,
+        "grants": grants,
+        "token": token_status,
+    }
+    if verification is not None:
+        status["verification"] = dict(verification)
+    before, after = st.outcome_of(previous), st.outcome_of(status)
+    if before != after:
+        ready = next(c for c in status["conditions"] if c["type"] == st.READY)
+        kind = "Normal" if after[0] == "True" else "Warning"
+        events.append(Event(kind, after[1] or "Unknown", ready["message"]))
+    return Result(status, events, max(0.5, wake))
+
+
+# --- deletion ------------------------------------------------------------------------------
+
+
+def cleanup(kube: Kube, body: Mapping[str, Any]) -> list[str]:
+    """Removes everything an identity created, in every namespace and at cluster scope; the
+    token dies with its Secret. Works from labels and status alone, so it also runs for an
+    identity whose spec has become invalid."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    key = f"{ns}.{name}"
+    selector = f"{MANAGED_BY}=appidentity-operator,{IDENTITY_LABEL}={key}"
+    removed = []
+    for kind in PRUNE_KINDS:
+        for obj in kube.list_objects(kind, None, selector):
+            m = obj["metadata"]
+            if kube.delete(kind, m.get("namespace"), m["name"], m.get("uid")):
+                removed.append(f"{kind} {m.get('namespace', '')}/{m['name']}")
+    status = body.get("status") or {}
+    spec = body.get("spec") or {}
+    secret_names = {
+        status.get("secretName"),
+        (spec.get("token") or {}).get("secretName") or f"{name}-token",
+    }
+    sa_names = {
+        status.get("serviceAccountName"),
+        (spec.get("serviceAccount") or {}).get("name") or name,
+    }
+    for kind, names in (("Secret", secret_names), ("ServiceAccount", sa_names)):
+        for obj_name in sorted(n for n in names if n):
+            found = kube.get(kind, ns, obj_name)
+            labels = (found or {}).get("metadata", {}).get("labels") or {}
+            if (
+                found
+                and labels.get(IDENTITY_LABEL) == key
+                and kube.delete(kind, ns, obj_name, found["metadata"]["uid"])
+            ):
+                removed.append(f"{kind} {ns}/{obj_name}")
+    return removed
+
+
+def decode_secret_value(secret: Mapping[str, Any], key: str) -> str | None:
+    raw = (secret.get("data") or {}).get(key)
+    return base64.b64decode(raw).decode() if raw else None

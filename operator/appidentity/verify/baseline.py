@@ -1,0 +1,61 @@
+"""The rights every ServiceAccount has by default (discovery, self-reviews, issuer discovery),
+measured on the cluster rather than hard-coded: a ServiceAccount with no bindings of its own
+asks for its effective rules, and what it gets is the baseline that is not "excess"."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ..kube import Kube
+from .rbac import RuleDict
+
+BASELINE_SA = "appidentity-baseline"
+TTL_SECONDS = 300.0
+TOKEN_SECONDS = 600
+
+
+def baseline_service_account(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": BASELINE_SA,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "appidentity-operator"},
+        },
+        "automountServiceAccountToken": False,
+    }
+
+
+class Baseline:
+    """Callable: namespace -> baseline rules there, cached for a few minutes."""
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self._lock = threading.Lock()
+        self._rules: dict[str, tuple[float, list[RuleDict]]] = {}
+        self._token: tuple[float, str] | None = None
+
+    def ensure(self) -> None:
+        self.kube.apply(baseline_service_account(self.namespace))
+
+    def _client_token(self) -> str:
+        if self._token and time.monotonic() < self._token[0]:
+            return self._token[1]
+        issued = self.kube.request_token(self.namespace, BASELINE_SA, TOKEN_SECONDS, [])
+        self._token = (time.monotonic() + TOKEN_SECONDS / 2, issued["status"]["token"])
+        return self._token[1]
+
+    def __call__(self, namespace: str) -> list[RuleDict]:
+        with self._lock:
+            cached = self._rules.get(namespace)
+            if cached and time.monotonic() < cached[0]:
+                return cached[1]
+            http = self.kube.token_client(self._client_token())
+            found, _ = http.rules_review(namespace)
+            rules: list[RuleDict] = list(found)
+            self._rules[namespace] = (time.monotonic() + TTL_SECONDS, rules)
+            return rules

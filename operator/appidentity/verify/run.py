@@ -1,0 +1,181 @@
+"""Runs a Plan with a client built from the minted token alone and reports what it found.
+
+No admin credentials and no impersonation take part in the answers: every review below is a
+*self* review, asked by the token about itself, so it shows what the token really can do.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..kube import ApiError, Http
+from ..model import Identity
+from .jwt import JwtResult, key_id, verify_token
+from .plan import Check, Plan
+from .rbac import Request, RuleDict, covered, excess, requests_of, rules_hash
+
+WORKERS = 4
+OPENID_TTL = 600.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    request: Request
+    expected_allowed: bool
+    got_allowed: bool
+    via: str  # SelfSubjectAccessReview | request | SelfSubjectRulesReview
+    source: str
+    reason: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.expected_allowed == self.got_allowed
+
+    def as_failure(self) -> dict[str, str]:
+        r = self.request
+        return {
+            "verb": r.verb,
+            "group": r.group,
+            "resource": r.resource or r.url,
+            "subresource": r.subresource,
+            "namespace": r.namespace,
+            "name": r.name,
+            "expected": "allowed" if self.expected_allowed else "denied",
+            "got": "allowed" if self.got_allowed else "denied",
+            "via": self.via,
+            "reason": self.reason or self.source,
+        }
+
+
+@dataclass
+class Verification:
+    authenticated_as: str = ""
+    results: list[CheckResult] = field(default_factory=list)
+    excess: list[dict[str, Any]] = field(default_factory=list)
+    rules_hash: str = ""
+    incomplete: bool = False
+    jwt: JwtResult = field(default_factory=lambda: JwtResult(False, "not checked"))
+    error: str = ""  # the token itself was refused, or the check could not run
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [r for r in self.results if not r.passed]
+
+    def passed_count(self, allowed: bool) -> int:
+        return sum(1 for r in self.results if r.passed and r.expected_allowed == allowed)
+
+
+class OpenIdCache:
+    """The issuer's discovery document and keys, shared by every verification of the process
+    and fetched again when a token names a key id that is not in the cached set."""
+
+    def __init__(self, ttl: float = OPENID_TTL) -> None:
+        self._lock = threading.Lock()
+        self._value: tuple[str, dict[str, Any]] | None = None
+        self._fetched = 0.0
+        self._ttl = ttl
+
+    def get(self, http: Http, kid: str) -> tuple[str, dict[str, Any]]:
+        with self._lock:
+            fresh = self._value and time.monotonic() - self._fetched < self._ttl
+            known = self._value and any(k.get("kid") == kid for k in self._value[1].get("keys", []))
+            if not (fresh and known):
+                self._value = http.openid()
+                self._fetched = time.monotonic()
+            assert self._value is not None
+            return self._value
+
+
+BaselineRules = Callable[[str], Sequence[RuleDict]]
+
+
+def _ask(http: Http, check: Check) -> CheckResult:
+    allowed, reason = http.access_review(check.request)
+    return CheckResult(
+        check.request, check.allowed, allowed, "SelfSubjectAccessReview", check.source, reason
+    )
+
+
+def _real_requests(http: Http, plan: Plan) -> list[CheckResult]:
+    wanted = [(r, True) for r in plan.real_reads]
+    if plan.real_denied:
+        wanted.append((plan.real_denied, False))
+    if not wanted:
+        return []
+    versions = http.preferred_versions()
+    out = []
+    for req, expect in wanted:
+        if req.group not in versions:
+            continue  # a grant for an API the cluster does not serve: nothing to read
+        code = http.try_read(req, versions[req.group])
+        got = code not in (401, 403)  # 404 on a get by name is authorized, just absent
+        out.append(CheckResult(req, expect, got, "request", "real request", f"HTTP {code}"))
+    return out
+
+
+def _grant_coverage(plan: Plan, effective: Sequence[RuleDict], namespace: str) -> list[CheckResult]:
+    """Every concrete request the grant names must be in the effective rules: this proves whole
+    ClusterRoles (e.g. `view`) without one access review per resource."""
+    out = []
+    for rule in plan.grants.get(namespace, []):
+        for req in requests_of(rule, namespace):
+            if "*" in (req.verb, req.group, req.resource):
+                continue
+            if not covered(effective, req):
+                out.append(
+                    CheckResult(
+                        req,
+                        True,
+                        False,
+                        "SelfSubjectRulesReview",
+                        "grant coverage",
+                        "granted but not in the token's effective rules",
+                    )
+                )
+    return out
+
+
+def verify(
+    http: Http,
+    identity: Identity,
+    plan: Plan,
+    token: str,
+    audiences: Sequence[str],
+    baseline: BaselineRules,
+    openid: OpenIdCache,
+) -> Verification:
+    out = Verification()
+    try:
+        out.authenticated_as = http.whoami()
+    except ApiError as exc:
+        out.error = f"the token was refused: HTTP {exc.status} {exc.reason}"
+        return out
+    if out.authenticated_as != identity.subject:
+        out.error = f"the token authenticates as {out.authenticated_as!r}, not {identity.subject!r}"
+        return out
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        out.results = list(pool.map(lambda c: _ask(http, c), [*plan.allowed, *plan.denied]))
+    out.results += _real_requests(http, plan)
+    effective_by_ns: dict[str, list[RuleDict]] = {}
+    for ns in plan.namespaces:
+        found, incomplete = http.rules_review(ns)
+        effective: list[RuleDict] = list(found)
+        out.incomplete |= incomplete
+        effective_by_ns[ns] = effective
+        allowed = [*plan.grants[ns], *plan.grants.get("", []), *baseline(ns)]
+        out.excess += excess(effective, allowed, ns)
+        out.results += _grant_coverage(plan, effective, ns)
+    out.rules_hash = rules_hash(effective_by_ns)
+    try:
+        issuer, jwks = openid.get(http, key_id(token))
+    except ApiError as exc:
+        out.jwt = JwtResult(False, f"could not read the issuer's keys: {exc}")
+        return out
+    legacy = identity.spec.token.type == "Legacy"
+    out.jwt = verify_token(token, jwks, issuer, audiences, identity.subject, legacy=legacy)
+    return out
