@@ -1,0 +1,83 @@
+# The two set-up commands are `make demo` and `make test`; everything they need is installed
+# by the targets below (Python deps into .venv, Debian packages, the compiled control plane
+# into ~/.cache/appidentity-operator).
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+KUBECTL := bin/kubectl
+STATE   := .state/cluster
+PYTEST_ARGS ?=
+
+.PHONY: help deps system-deps venv control-plane cluster cluster-down install run demo demo-down \
+        test unit integration lint fmt render install.yaml bench chaos e2e-kind
+
+help: ## this list
+	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+system-deps: ## Debian packages the harness uses (openssl, curl); needs root or sudo
+	@missing=""; for p in openssl curl; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo_cmd=""; [ "$$(id -u)" = 0 ] || sudo_cmd=sudo; \
+	  $$sudo_cmd apt-get update -q && $$sudo_cmd apt-get install -y -q $$missing; \
+	fi
+	@command -v go >/dev/null || { echo "Go is needed once, to compile the control plane (apt-get install golang or go.dev/dl)"; exit 1; }
+
+venv: $(VENV)/.installed ## Python deps (pinned) into .venv
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check --upgrade pip==25.3
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+deps: system-deps venv control-plane
+
+control-plane: system-deps ## compile etcd, kube-apiserver, controller-manager, kubectl once (cached)
+	@bash hack/build-control-plane.sh >/dev/null
+
+cluster: control-plane ## start the local control plane; prints the KUBECONFIG export line
+	@bash hack/cluster.sh up $(STATE)
+
+cluster-down: ## stop the local control plane and remove its state
+	@bash hack/cluster.sh down $(STATE)
+
+install: ## install the CRD into the current KUBECONFIG's cluster
+	$(KUBECTL) apply -f crds/
+	$(KUBECTL) wait --for=condition=Established --timeout=60s crd/appidentities.appidentity.dev
+
+run: venv install ## run the operator against the current KUBECONFIG
+	$(KUBECTL) create namespace appidentity-system --dry-run=client -o yaml | $(KUBECTL) apply -f -
+	$(VENV)/bin/appidentity-operator run --log-format text
+
+demo: deps ## local cluster (unless KUBECONFIG is set), CRD, operator, examples, their verified status
+	@bash hack/demo.sh
+
+demo-down: ## stop what `make demo` started
+	@bash hack/demo.sh down
+
+lint: venv ## ruff, ruff format --check, mypy --strict
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/mypy
+
+fmt: venv
+	$(VENV)/bin/ruff format operator tests bench
+	$(VENV)/bin/ruff check --fix operator tests bench
+
+unit: venv ## unit tests of the pure logic (no cluster)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test: deps lint ## everything: lint, unit and integration tests against a real API server
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+render: venv ## print what the examples would create (no cluster needed)
+	$(VENV)/bin/appidentity-operator render -f examples/ 2>/dev/null || \
+	  for f in examples/*.yaml; do $(VENV)/bin/appidentity-operator render -n default -f $$f; done
+
+install.yaml: control-plane ## regenerate deploy/install.yaml from the kustomization
+	$(KUBECTL) kustomize deploy/ > deploy/install.yaml
+
+e2e-kind: ## for machines with Docker: kind cluster, image, deploy/, the same e2e suite
+	@bash hack/e2e-kind.sh

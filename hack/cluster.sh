@@ -1,0 +1,324 @@
+#!/usr/bin/env bash
+# A throwaway but real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager)
+# running as detached local processes, for the integration tests and for manual work.
+#
+#   hack/cluster.sh up     [STATE_DIR]  start (or reuse) it; last line: export KUBECONFIG=...
+#   hack/cluster.sh down   [STATE_DIR]  stop it and remove STATE_DIR
+#   hack/cluster.sh status [STATE_DIR]  exit 0 when it is running and ready
+#
+# No kubelet and no scheduler: Pods never run. The operator's behaviour lives in RBAC, tokens
+# and garbage collection, which is exactly what these three processes provide.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+
+# Only the controllers the operator depends on; every extra one costs start-up time and noise.
+# Canonical names (1.28+ added the -controller suffix; the short names remain aliases).
+# clusterrole-aggregation makes aggregated ClusterRoles (e.g. `view`) grow with labelled roles.
+readonly CONTROLLERS=serviceaccount-token-controller,serviceaccount-controller,garbage-collector-controller,namespace-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller
+readonly SERVICE_CIDR=10.0.0.0/24
+readonly SERVICE_IP=10.0.0.1
+# The API server must advertise some address. On a loopback-only or routeless host it cannot
+# pick one itself, and Endpoints refuse loopback IPs, so we advertise this and turn off the
+# endpoint reconciler (nothing here would use the `kubernetes` Endpoints anyway).
+readonly ADVERTISE_ADDRESS=127.0.0.1
+readonly TIMEOUT=${APPID_CLUSTER_TIMEOUT:-120}
+readonly COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+log() { echo "cluster.sh: $*" >&2; }
+
+usage() {
+  echo "usage: $0 up|down|status [STATE_DIR]   (default STATE_DIR: $repo/.state/cluster)" >&2
+  exit 2
+}
+
+# --- processes ---------------------------------------------------------------------------------
+
+# Prints the pid of a component if it is alive and still ours (the pid file may be stale and the
+# number reused by an unrelated process, which we must never signal).
+live_pid() {
+  local name=$1 pidfile="$state/$1.pid" pid
+  [ -f "$pidfile" ] || return 1
+  pid=$(<"$pidfile")
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  # Matched on the command line, not /proc/<pid>/exe: that turns into "... (deleted)" when the
+  # cached binary is rebuilt under a running cluster, and `down` must still find it.
+  local cmdline
+  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline")
+  [[ "$cmdline" == *"/$name "* && "$cmdline" == *"$state/"* ]] || return 1
+  echo "$pid"
+}
+
+# Starts a binary in its own session so it outlives the calling shell (and pytest), with output
+# in logs/<name>.log and its pid in <name>.pid. setsid does not fork here (a background job is not
+# a process-group leader), so $! is the component's own pid. fd 9 (our lock) is closed, or the
+# component would hold the lock for its whole life.
+start_detached() {
+  local name=$1; shift
+  setsid "$bin/$name" "$@" </dev/null >"$state/logs/$name.log" 2>&1 9>&- &
+  echo $! >"$state/$name.pid"
+}
+
+# TERM to a group of components at once, KILL after 10s. The API server and controller manager
+# go together (nothing left to save); etcd only after them, because a TERMed etcd waits for its
+# clients' watch streams to close and the TERMed API server waits for etcd: a 10s stand-off.
+stop_group() {
+  local c pid waited=0
+  local -a pids=()
+  for c in "$@"; do
+    if pid=$(live_pid "$c"); then
+      pids+=("$pid")
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+    rm -f "$state/$c.pid"
+  done
+  [ "${#pids[@]}" -gt 0 ] || return 0
+  while any_alive "${pids[@]}" && [ "$waited" -lt 100 ]; do sleep 0.1; waited=$((waited + 1)); done
+  any_alive "${pids[@]}" || return 0
+  log "$* still running 10s after TERM, killing"
+  kill -KILL "${pids[@]}" 2>/dev/null || true
+  while any_alive "${pids[@]}"; do sleep 0.1; done
+}
+
+stop_all() {
+  stop_group kube-controller-manager kube-apiserver
+  stop_group etcd
+}
+
+any_alive() { local pid; for pid in "$@"; do kill -0 "$pid" 2>/dev/null && return 0; done; return 1; }
+
+# Fails with the tail of a component's log: the usual reason a wait did not succeed.
+fail_with_log() {
+  local name=$1 what=$2
+  echo "cluster.sh: $what; last lines of $state/logs/$name.log:" >&2
+  tail -n 25 "$state/logs/$name.log" >&2 || true
+  stop_all
+  die "$what (full log: $state/logs/$name.log; state kept in $state for inspection)"
+}
+
+# Polls a check until it succeeds; fails early when the component died, or after TIMEOUT seconds.
+wait_for() {
+  local name=$1 what=$2; shift 2
+  local deadline=$((SECONDS + TIMEOUT))
+  until "$@" >/dev/null 2>&1; do
+    live_pid "$name" >/dev/null || fail_with_log "$name" "$name exited while waiting for $what"
+    [ "$SECONDS" -lt "$deadline" ] || fail_with_log "$name" "timed out after ${TIMEOUT}s waiting for $what"
+    sleep 0.2
+  done
+}
+
+# --- ports -------------------------------------------------------------------------------------
+
+port_in_use() { ss -Htln "sport = :$1" | grep -q .; }
+
+# Stores in the variable named $1 a free loopback port below the kernel's ephemeral range, so an
+# outgoing connection cannot take it between our check and the bind. Not `echo`ed: a command
+# substitution's subshell would forget which ports this run already handed out.
+declare -a taken_ports=()
+free_port() {
+  local p tries=0
+  while [ "$tries" -lt 200 ]; do
+    tries=$((tries + 1))
+    p=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
+    [[ " ${taken_ports[*]} " == *" $p "* ]] && continue
+    port_in_use "$p" && continue
+    taken_ports+=("$p")
+    printf -v "$1" '%s' "$p"
+    return 0
+  done
+  die "no free port found between 20000 and 32000"
+}
+
+# --- PKI ---------------------------------------------------------------------------------------
+
+# Issues a certificate signed by the cluster CA. $3 is the extension section (SANs, usage).
+issue_cert() {
+  local name=$1 subject=$2 extensions=$3 pki="$state/pki"
+  openssl genrsa -out "$pki/$name.key" 2048 2>/dev/null
+  openssl req -new -key "$pki/$name.key" -subj "$subject" -out "$pki/$name.csr"
+  printf '%s\n' "$extensions" >"$pki/$name.ext"
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    -CAcreateserial -days 365 -sha256 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
+  rm -f "$pki/$name.csr" "$pki/$name.ext"
+}
+
+make_pki() {
+  local pki="$state/pki"
+  mkdir -p "$pki"
+  openssl genrsa -out "$pki/ca.key" 2048 2>/dev/null
+  openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=appidentity-local-ca" -days 365 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$pki/ca.crt"
+  issue_cert apiserver "/CN=kube-apiserver" "$(printf '%s\n' \
+    'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
+    'extendedKeyUsage=serverAuth' \
+    "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:$SERVICE_IP")"
+  local client
+  client=$(printf '%s\n' 'basicConstraints=CA:FALSE' \
+    'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=clientAuth')
+  issue_cert admin "/O=system:masters/CN=admin" "$client"
+  issue_cert controller-manager "/CN=system:kube-controller-manager" "$client"
+  # Service-account tokens: the API server signs and verifies, the controller manager signs.
+  openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+  chmod 600 "$pki"/*.key
+}
+
+# A kubeconfig with every credential embedded, so it stays valid when copied elsewhere.
+write_kubeconfig() {
+  local file=$1 user=$2 server=$3 pki="$state/pki"
+  cat >"$file" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: appidentity-local
+  cluster:
+    server: $server
+    certificate-authority-data: $(base64 -w0 "$pki/ca.crt")
+users:
+- name: $user
+  user:
+    client-certificate-data: $(base64 -w0 "$pki/$user.crt")
+    client-key-data: $(base64 -w0 "$pki/$user.key")
+contexts:
+- name: appidentity-local
+  context:
+    cluster: appidentity-local
+    user: $user
+current-context: appidentity-local
+EOF
+  chmod 600 "$file"
+}
+
+# --- readiness ---------------------------------------------------------------------------------
+
+apiserver_url() { [ -f "$state/apiserver.url" ] && cat "$state/apiserver.url"; }
+
+admin_curl() {
+  local pki="$state/pki"
+  curl -fsS --max-time 5 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$@"
+}
+
+etcd_healthy() { curl -fsS --max-time 5 "$1/health" | grep -q '"health":"true"'; }
+apiserver_ready() { local url; url=$(apiserver_url) && admin_curl "$url/readyz"; }
+default_sa_exists() {
+  "$bin/kubectl" --kubeconfig "$state/admin.kubeconfig" -n default get serviceaccount default
+}
+
+is_ready() {
+  local c
+  for c in "${COMPONENTS[@]}"; do live_pid "$c" >/dev/null || return 1; done
+  apiserver_ready >/dev/null 2>&1
+}
+
+# --- commands ----------------------------------------------------------------------------------
+
+start_etcd() {
+  local client_port peer_port
+  free_port client_port; free_port peer_port
+  etcd_url="http://127.0.0.1:$client_port"
+  local peer="http://127.0.0.1:$peer_port"
+  start_detached etcd --name=appidentity --data-dir="$state/etcd" \
+    --listen-client-urls="$etcd_url" --advertise-client-urls="$etcd_url" \
+    --listen-peer-urls="$peer" --initial-advertise-peer-urls="$peer" \
+    --initial-cluster="appidentity=$peer" --initial-cluster-state=new \
+    --unsafe-no-fsync --log-level=warn
+  wait_for etcd "etcd health at $etcd_url" etcd_healthy "$etcd_url"
+}
+
+start_apiserver() {
+  local port pki="$state/pki"
+  free_port port
+  local url="https://127.0.0.1:$port"
+  echo "$url" >"$state/apiserver.url"
+  write_kubeconfig "$state/admin.kubeconfig" admin "$url"
+  write_kubeconfig "$state/controller-manager.kubeconfig" controller-manager "$url"
+  start_detached kube-apiserver \
+    --etcd-servers="$etcd_url" \
+    --bind-address=127.0.0.1 --secure-port="$port" \
+    --advertise-address="$ADVERTISE_ADDRESS" --endpoint-reconciler-type=none \
+    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --cert-dir="$pki" \
+    --client-ca-file="$pki/ca.crt" \
+    --authorization-mode=RBAC \
+    --service-account-issuer="$url" --api-audiences="$url" \
+    --service-account-key-file="$pki/sa.pub" \
+    --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --profiling=false
+  wait_for kube-apiserver "$url/readyz" apiserver_ready
+}
+
+start_controller_manager() {
+  local port pki="$state/pki"
+  free_port port
+  # No --authentication/authorization-kubeconfig: its own HTTPS port only serves /healthz and
+  # /metrics, and delegated auth would log errors forever about the (unused) front-proxy CA.
+  start_detached kube-controller-manager \
+    --kubeconfig="$state/controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$port" --cert-dir="$state/controller-manager-certs" \
+    --controllers="$CONTROLLERS" \
+    --use-service-account-credentials \
+    --leader-elect=false \
+    --service-account-private-key-file="$pki/sa.key" \
+    --root-ca-file="$pki/ca.crt" \
+    --profiling=false
+  wait_for kube-controller-manager "ServiceAccount default/default" default_sa_exists
+}
+
+link_kubectl() {
+  mkdir -p "$repo/bin"
+  ln -sfn "$bin/kubectl" "$repo/bin/kubectl"
+}
+
+cmd_up() {
+  bin=$("$here/build-control-plane.sh" | tail -n 1)
+  [ -x "$bin/kube-apiserver" ] || die "build-control-plane.sh did not yield a bin dir (got: $bin)"
+  link_kubectl
+  if ! is_ready; then
+    # Half-started or crashed leftovers: start from scratch rather than repair.
+    stop_all
+    rm -rf "$state"
+    mkdir -p "$state/logs"
+    make_pki
+    start_etcd
+    start_apiserver
+    start_controller_manager
+    log "ready at $(apiserver_url) (logs: $state/logs)"
+  fi
+  echo "export KUBECONFIG=$state/admin.kubeconfig"
+}
+
+cmd_down() {
+  [ -d "$state" ] || return 0
+  stop_all
+  rm -rf "$state"
+}
+
+cmd_status() {
+  if is_ready; then echo "running at $(apiserver_url)"; else echo "not running"; return 1; fi
+}
+
+main() {
+  if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; fi
+  local cmd=$1
+  state=${2:-$repo/.state/cluster}
+  mkdir -p "$(dirname "$state")"
+  state=$(cd "$(dirname "$state")" && pwd)/$(basename "$state")
+  # Serialise commands on one state dir: `up` racing `down` would leave orphans behind.
+  exec 9>"$state.lock"
+  flock 9
+  case $cmd in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    *) usage ;;
+  esac
+}
+
+state=""
+bin=""
+etcd_url=""
+main "$@"

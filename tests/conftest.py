@@ -1,0 +1,280 @@
+"""Fixtures shared by the whole suite: a real control plane, admin and token-only clients, and a
+fresh namespace per test.
+
+The cluster is the local one from ``hack/cluster.sh`` unless ``APPID_TEST_KUBECONFIG`` names
+another (kind, a CI cluster, ...). The ambient ``KUBECONFIG`` is deliberately never read: a test
+run must not be able to touch whatever cluster the developer's shell happens to point at.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER_SH = REPO / "hack" / "cluster.sh"
+BUILD_SH = REPO / "hack" / "build-control-plane.sh"
+TEST_STATE_DIR = REPO / ".state" / "test-cluster"
+ENV_KUBECONFIG = "APPID_TEST_KUBECONFIG"
+ENV_KEEP = "APPID_TEST_KEEP_CLUSTER"
+
+
+@dataclass(frozen=True)
+class Token:
+    """A bearer token that never shows up in reprs, assertion rewrites or tracebacks.
+
+    Tests compare and pass tokens around; wrapping them keeps a failing assertion from
+    printing a credential into CI logs. Use ``.value`` only where the raw string is needed.
+    """
+
+    value: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.value:
+            raise ValueError("empty token")
+
+    def __repr__(self) -> str:
+        return f"Token(<{len(self.value)} chars, redacted>)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where the API server is and how to talk to it."""
+
+    kubeconfig: Path
+    server: str
+    ca_file: Path
+    kubectl: str
+    external: bool  # True when APPID_TEST_KUBECONFIG named it: not ours to start or stop
+
+    def run_kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Runs kubectl against this cluster only, whatever KUBECONFIG the shell exports."""
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        return subprocess.run(
+            [self.kubectl, "--kubeconfig", str(self.kubeconfig), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
+        )
+
+
+# --- collection --------------------------------------------------------------------------------
+
+
+def _uses_cluster(item: pytest.Item) -> bool:
+    return "cluster" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks every test that needs the cluster (directly or through another fixture)."""
+    for item in items:
+        if _uses_cluster(item):
+            item.add_marker(pytest.mark.cluster)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Compiles the control plane before any test starts, if cluster tests will run.
+
+    A cold build takes many minutes; done inside the ``cluster`` fixture it would count
+    against the first test's timeout. When cached, this returns at once.
+    """
+    if session.config.option.collectonly or os.environ.get(ENV_KUBECONFIG):
+        return
+    if not any(_uses_cluster(item) for item in session.items):
+        return
+    build_log = REPO / ".state" / "build-control-plane.log"
+    build_log.parent.mkdir(parents=True, exist_ok=True)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"control plane: ensuring binaries (first build logs to {build_log})")
+    with build_log.open("w") as log:
+        done = subprocess.run([str(BUILD_SH)], stdout=log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise pytest.UsageError(f"hack/build-control-plane.sh failed; see {build_log}")
+
+
+# --- cluster -----------------------------------------------------------------------------------
+
+
+def _current_cluster_entry(kubeconfig: Path) -> dict[str, Any]:
+    """The ``cluster`` stanza of the kubeconfig's current context."""
+    doc = yaml.safe_load(kubeconfig.read_text())
+    contexts = {c["name"]: c["context"] for c in doc.get("contexts", [])}
+    clusters = {c["name"]: c["cluster"] for c in doc.get("clusters", [])}
+    context = contexts[doc["current-context"]]
+    entry: dict[str, Any] = clusters[context["cluster"]]
+    return entry
+
+
+def _write_ca_bundle(kubeconfig: Path, entry: dict[str, Any], dest: Path) -> Path:
+    """A CA file for clients that take a path (urllib, token-only ApiClients)."""
+    if "certificate-authority-data" in entry:
+        dest.write_bytes(base64.b64decode(entry["certificate-authority-data"]))
+        return dest
+    if "certificate-authority" in entry:
+        path = Path(entry["certificate-authority"])
+        return path if path.is_absolute() else kubeconfig.parent / path
+    raise pytest.UsageError(f"{kubeconfig}: the current cluster names no CA; refusing to skip TLS")
+
+
+def _start_local_cluster() -> Path:
+    """``hack/cluster.sh up`` on the test state dir; returns the admin kubeconfig."""
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    done = subprocess.run(
+        [str(CLUSTER_SH), "up", str(TEST_STATE_DIR)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"hack/cluster.sh up failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    last = done.stdout.strip().splitlines()[-1]
+    match = re.fullmatch(r"export KUBECONFIG=(.+)", last)
+    assert match, f"unexpected last line from cluster.sh up: {last!r}"
+    return Path(match.group(1))
+
+
+def _stop_local_cluster() -> None:
+    subprocess.run([str(CLUSTER_SH), "down", str(TEST_STATE_DIR)], check=True, timeout=120)
+
+
+def _kubectl_path() -> str:
+    local = REPO / "bin" / "kubectl"
+    return str(local) if local.exists() else "kubectl"
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The API server every cluster test talks to; started (and stopped) here unless external."""
+    external_kubeconfig = os.environ.get(ENV_KUBECONFIG)
+    if external_kubeconfig:
+        kubeconfig = Path(external_kubeconfig).resolve()
+    else:
+        kubeconfig = _start_local_cluster()
+    entry = _current_cluster_entry(kubeconfig)
+    ca_file = _write_ca_bundle(kubeconfig, entry, tmp_path_factory.mktemp("ca") / "ca.crt")
+    yield Cluster(
+        kubeconfig=kubeconfig,
+        server=str(entry["server"]).rstrip("/"),
+        ca_file=ca_file,
+        kubectl=_kubectl_path(),
+        external=bool(external_kubeconfig),
+    )
+    if not external_kubeconfig and os.environ.get(ENV_KEEP) != "1":
+        _stop_local_cluster()
+
+
+@pytest.fixture(scope="session")
+def admin_api(cluster: Cluster) -> Iterator[client.ApiClient]:
+    """Cluster-admin client; never installed as the kubernetes package's global default."""
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig), persist_config=False)
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def token_api(cluster: Cluster) -> Iterator[Callable[[Token | str], client.ApiClient]]:
+    """Factory: an ApiClient that authenticates with the given bearer token and nothing else.
+
+    No client certificate and no kubeconfig user: what such a client may do is exactly what
+    the token's identity may do, which is the point of the RBAC tests.
+    """
+    made: list[client.ApiClient] = []
+
+    def make(token: Token | str) -> client.ApiClient:
+        raw = token if isinstance(token, str) else token.value
+        configuration = client.Configuration(
+            host=cluster.server,
+            api_key={"BearerToken": raw},
+            api_key_prefix={"BearerToken": "Bearer"},
+            ssl_ca_cert=str(cluster.ca_file),
+        )
+        api = client.ApiClient(configuration)
+        made.append(api)
+        return api
+
+    yield make
+    for api in made:
+        api.close()
+
+
+# --- namespaces --------------------------------------------------------------------------------
+
+
+def namespace_name(test_name: str) -> str:
+    """A unique, valid DNS label (<= 63 chars) that still says which test made it."""
+    slug = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-") or "test"
+    suffix = uuid.uuid4().hex[:6]
+    return f"{slug[: 63 - len(suffix) - 1].rstrip('-')}-{suffix}"
+
+
+@pytest.fixture
+def make_namespace(
+    admin_api: client.ApiClient, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], str]]:
+    """Factory for extra namespaces, all deleted (without waiting) when the test ends."""
+    core = client.CoreV1Api(admin_api)
+    created: list[str] = []
+
+    def make() -> str:
+        name = namespace_name(request.node.name)
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        try:
+            core.delete_namespace(name, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+@pytest.fixture
+def namespace(make_namespace: Callable[[], str]) -> str:
+    """A fresh namespace for this test alone."""
+    return make_namespace()
+
+
+@pytest.fixture
+def service_account_token(
+    admin_api: client.ApiClient,
+) -> Callable[[str, str], Token]:
+    """Factory: creates ServiceAccount ``name`` in ``namespace`` and returns a TokenRequest token.
+
+    The token has the API server's default audiences, so it authenticates to the API server.
+    """
+    core = client.CoreV1Api(admin_api)
+
+    def make(namespace: str, name: str) -> Token:
+        try:
+            core.create_namespaced_service_account(
+                namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec())
+        response = core.create_namespaced_service_account_token(name, namespace, request)
+        return Token(response.status.token)
+
+    return make
