@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# `make demo`: a local control plane (unless KUBECONFIG names a cluster), the CRD, the operator
+# as a local process, the examples, and their verified status. `hack/demo.sh down` undoes it.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+state="$repo/.state/demo"
+kubectl="$repo/bin/kubectl"
+operator="$repo/.venv/bin/appidentity-operator"
+metrics_port=${DEMO_METRICS_PORT:-18080}
+liveness_port=${DEMO_LIVENESS_PORT:-18081}
+mkdir -p "$state"
+
+stop_operator() {
+  if [ -f "$state/operator.pid" ] && kill -0 "$(cat "$state/operator.pid")" 2>/dev/null; then
+    kill "$(cat "$state/operator.pid")"
+    for _ in $(seq 50); do kill -0 "$(cat "$state/operator.pid")" 2>/dev/null || break; sleep 0.2; done
+  fi
+  rm -f "$state/operator.pid"
+}
+
+if [ "${1:-up}" = down ]; then
+  stop_operator
+  if [ -f "$state/own-cluster" ]; then bash hack/cluster.sh down "$repo/.state/cluster"; fi
+  rm -rf "$state"
+  echo "demo stopped"
+  exit 0
+fi
+
+if [ -z "${KUBECONFIG:-}" ]; then
+  echo "== no KUBECONFIG given: starting the local control plane"
+  export_line=$(bash hack/cluster.sh up "$repo/.state/cluster" | tail -n 1)
+  export KUBECONFIG=${export_line#export KUBECONFIG=}
+  touch "$state/own-cluster"
+else
+  echo "== using the cluster of KUBECONFIG=$KUBECONFIG"
+fi
+command -v "$kubectl" >/dev/null || kubectl=kubectl
+
+echo "== installing the CRD"
+"$kubectl" apply -f crds/ >/dev/null
+"$kubectl" wait --for=condition=Established --timeout=60s crd/appidentities.appidentity.dev >/dev/null
+"$kubectl" create namespace appidentity-system --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+
+echo "== starting the operator (log: $state/operator.log)"
+stop_operator
+nohup "$operator" run --all-namespaces --metrics-port "$metrics_port" --liveness-port "$liveness_port" \
+  --secret-poll-seconds 10 >"$state/operator.log" 2>&1 &
+echo $! >"$state/operator.pid"
+
+echo "== applying examples/"
+"$kubectl" apply -f examples/
+echo "== waiting for every AppIdentity to be Ready (verified with its own token)"
+if ! "$kubectl" wait --for=condition=Ready appidentities --all --all-namespaces --timeout=180s >/dev/null; then
+  "$kubectl" get appidentities -A -o wide
+  echo "not every identity became Ready; see $state/operator.log" >&2
+  exit 1
+fi
+echo
+"$kubectl" get appidentities -A
+echo
+echo "== what the self-check proved"
+"$kubectl" get appidentities -A -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name}: {.status.verification.allowedChecks} allowed and {.status.verification.deniedChecks} denied checks passed as {.status.verification.authenticatedAs}, signed by key {.status.token.keyID}{"\n"}{end}'
+echo
+echo "== use an identity (its kubeconfig is in its Secret):"
+"$kubectl" get appidentities -A -o jsonpath='{range .items[*]}  .venv/bin/appidentity-operator kubeconfig {.metadata.name} -n {.metadata.namespace} > {.metadata.name}.kubeconfig && kubectl --kubeconfig {.metadata.name}.kubeconfig auth can-i --list{"\n"}{end}'
+echo
+echo "  every check, one identity:  .venv/bin/appidentity-operator check pod-reader -n team-a"
+echo "  metrics:                    curl -s localhost:$metrics_port/metrics | grep ^appidentity_"
+echo "  cluster:                    export KUBECONFIG=$KUBECONFIG"
+echo "  stop everything:            make demo-down"
