@@ -14,64 +14,21 @@ import re
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from appidentity.kube import Kube
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from support import CLUSTER_RULES_NAMESPACE, REPO, Cluster, Operator, Token
 
-REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
 BUILD_SH = REPO / "hack" / "build-control-plane.sh"
 TEST_STATE_DIR = REPO / ".state" / "test-cluster"
 ENV_KUBECONFIG = "APPID_TEST_KUBECONFIG"
 ENV_KEEP = "APPID_TEST_KEEP_CLUSTER"
-
-
-@dataclass(frozen=True)
-class Token:
-    """A bearer token that never shows up in reprs, assertion rewrites or tracebacks.
-
-    Tests compare and pass tokens around; wrapping them keeps a failing assertion from
-    printing a credential into CI logs. Use ``.value`` only where the raw string is needed.
-    """
-
-    value: str = field(repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.value:
-            raise ValueError("empty token")
-
-    def __repr__(self) -> str:
-        return f"Token(<{len(self.value)} chars, redacted>)"
-
-    __str__ = __repr__
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """Where the API server is and how to talk to it."""
-
-    kubeconfig: Path
-    server: str
-    ca_file: Path
-    kubectl: str
-    external: bool  # True when APPID_TEST_KUBECONFIG named it: not ours to start or stop
-
-    def run_kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Runs kubectl against this cluster only, whatever KUBECONFIG the shell exports."""
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        return subprocess.run(
-            [self.kubectl, "--kubeconfig", str(self.kubeconfig), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=60,
-        )
 
 
 # --- collection --------------------------------------------------------------------------------
@@ -278,3 +235,36 @@ def service_account_token(
         return Token(response.status.token)
 
     return make
+
+
+# --- the operator -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: Cluster) -> Kube:
+    """Admin access through the project's own API layer (plain dicts in and out)."""
+    return Kube.connect(str(cluster.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster: Cluster) -> None:
+    cluster.run_kubectl("apply", "-f", str(REPO / "crds"))
+    cluster.run_kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/appidentities.appidentity.dev",
+    )
+    for ns in ("appidentity-system", CLUSTER_RULES_NAMESPACE):
+        cluster.run_kubectl("create", "namespace", ns, check=False)
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Cluster, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
+    workdir = tmp_path_factory.mktemp("operator")
+    op = Operator(cluster, workdir, workdir / "operator.log")
+    op.start()
+    yield op
+    op.stop()

@@ -58,8 +58,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except PolicyFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
     handlers.OPTIONS = handlers.Options(
         kubeconfig=args.kubeconfig,
         policy=args.policy,

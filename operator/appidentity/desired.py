@@ -99,19 +99,29 @@ def kubeconfig(identity: Identity, server: str, ca_crt: bytes, token: str) -> st
     )
 
 
-def token_secret(identity: Identity, material: TokenMaterial | None = None) -> Manifest:
-    """The token Secret. Bound: Opaque, filled by the operator once the token is minted.
-    Legacy: a service-account-token Secret that the cluster's token controller fills."""
+def token_secret(
+    identity: Identity, material: TokenMaterial | None = None, legacy_token: str | None = None
+) -> Manifest:
+    """The token Secret, always whole: under server-side apply, a field the operator applied
+    before and leaves out now is removed.
+
+    Bound: Opaque, holding the minted token once there is one. Legacy: a service-account-token
+    Secret whose token the cluster's token controller writes; the operator adds only the
+    kubeconfig (built from that token), a key the controller does not touch."""
     meta = _meta(identity, identity.secret_name, identity.namespace)
     if identity.spec.token.type == "Legacy":
         meta["annotations"] = {"kubernetes.io/service-account.name": identity.service_account}
-        return {
+        secret: Manifest = {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": meta,
             "type": "kubernetes.io/service-account-token",
         }
-    secret: Manifest = {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque"}
+        if legacy_token is not None and material is not None and identity.spec.token.kubeconfig:
+            config = kubeconfig(identity, material.server, material.ca_crt, legacy_token)
+            secret["data"] = {"kubeconfig": _b64(config)}
+        return secret
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque"}
     if material is not None:
         data = {
             "token": _b64(material.token),
@@ -125,16 +135,6 @@ def token_secret(identity: Identity, material: TokenMaterial | None = None) -> M
             )
         secret["data"] = data
     return secret
-
-
-def legacy_kubeconfig_patch(identity: Identity, server: str, ca_crt: bytes, token: str) -> Manifest:
-    """Only the kubeconfig key, applied beside the data the token controller owns."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": identity.secret_name, "namespace": identity.namespace},
-        "data": {"kubeconfig": _b64(kubeconfig(identity, server, ca_crt, token))},
-    }
 
 
 def _subject(identity: Identity) -> dict[str, str]:

@@ -22,8 +22,8 @@ import kopf
 from . import FIELD_MANAGER, GROUP, PLURAL, VERSION
 from . import metrics as m
 from .desired import is_subset, object_key
-from .kube import ApiError, Kube
-from .model import IDENTITY_LABEL, MANAGED_BY, utcnow
+from .kube import ApiError, Kube, load_configuration
+from .model import IDENTITY_LABEL, MANAGED_BY, identity_key, utcnow
 from .policy import load_policy
 from .reconcile import Memory, Result, Runtime, cleanup, reconcile
 from .status import without_timestamps
@@ -95,8 +95,9 @@ RUNTIME: Runtime | None = None
 
 
 def _key(body: Mapping[str, Any]) -> str:
+    """Registry key = the identity label value, so a child's label finds its identity."""
     meta = body["metadata"]
-    return f"{meta['namespace']}.{meta['name']}"
+    return identity_key(meta["namespace"], meta["name"])
 
 
 def _runtime() -> Runtime:
@@ -137,8 +138,20 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    return kopf.login_via_client(**kwargs)
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches use the same credentials as the operator's own calls."""
+    cfg = load_configuration(OPTIONS.kubeconfig)
+    auth = cfg.get_api_key_with_prefix("BearerToken", alias="authorization") or ""
+    scheme, _sep, token = auth.partition(" ")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -258,7 +271,7 @@ def _subject_keys(subjects: list[Mapping[str, Any]] | None) -> set[str]:
     everyone = bool(groups & {"system:serviceaccounts", "system:authenticated"})
     found = set()
     for key, tracked in REGISTRY.items():
-        ns = key.split(".", 1)[0]
+        ns = tracked.memory.namespace
         sa = ("ServiceAccount", ns, tracked.memory.service_account)
         if everyone or f"system:serviceaccounts:{ns}" in groups or sa in names:
             found.add(key)
@@ -298,4 +311,13 @@ def cluster_role_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     name = body.get("metadata", {}).get("name")
     for key, tracked in REGISTRY.items():
         if name in tracked.memory.cluster_roles:
+            REGISTRY.poke(key, verify=True)
+
+
+@kopf.on.event("v1", "namespaces")
+def namespace_event(body: kopf.Body, **_: Any) -> None:
+    """Consent is given or withdrawn on the namespace: identities granting into it look again."""
+    name = body.get("metadata", {}).get("name")
+    for key, tracked in REGISTRY.items():
+        if name in tracked.memory.grant_namespaces:
             REGISTRY.poke(key, verify=True)

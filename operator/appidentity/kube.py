@@ -8,6 +8,7 @@ clients that authenticate with nothing but a minted token. No decisions are made
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -54,6 +55,18 @@ def path_for(kind: str, namespace: str | None = None, name: str | None = None) -
     if name:
         path += f"/{name}"
     return path
+
+
+def load_configuration(kubeconfig: str | None = None) -> client.Configuration:
+    """In a Pod: its ServiceAccount; otherwise the named kubeconfig, or $KUBECONFIG."""
+    cfg = client.Configuration()
+    if kubeconfig is None and Path(config.incluster_config.SERVICE_TOKEN_FILENAME).exists():
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    else:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig or os.environ.get("KUBECONFIG"), client_configuration=cfg
+        )
+    return cfg
 
 
 class Http:
@@ -187,13 +200,7 @@ class Kube(Http):
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None, public_server: str | None = None) -> Kube:
-        cfg = client.Configuration()
-        if kubeconfig is None and Path(config.incluster_config.SERVICE_TOKEN_FILENAME).exists():
-            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        else:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, client_configuration=cfg
-            )
+        cfg = load_configuration(kubeconfig)
         ca_crt = Path(cfg.ssl_ca_cert).read_bytes() if cfg.ssl_ca_cert else b""
         return cls(client.ApiClient(cfg), ca_crt, public_server)
 

@@ -7,6 +7,7 @@ meets an object that bypassed admission (an older CRD, a restored backup, a test
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -21,7 +22,7 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 CLUSTER_ROLE_NAME = re.compile(
     r"^[a-z0-9]([-a-z0-9:]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9:]*[a-z0-9])?)*$"
 )
-MAX_IDENTITY_NAME = 40
+MAX_IDENTITY_NAME = 63
 MAX_LABEL_VALUE = 63
 DEFAULT_TOKEN_SECONDS = 3600
 
@@ -201,7 +202,7 @@ class Identity(_Model):
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}.{self.name}"
+        return identity_key(self.namespace, self.name)
 
     @property
     def service_account(self) -> str:
@@ -222,6 +223,17 @@ class Identity(_Model):
     @property
     def grant_namespaces(self) -> tuple[str, ...]:
         return tuple(g.name for g in self.spec.namespaces)
+
+
+def identity_key(namespace: str, name: str) -> str:
+    """The value of the appidentity.dev/identity label: `<namespace>.<name>` when that fits in a
+    label value (63 characters), otherwise a readable prefix and a hash of the full pair."""
+    full = f"{namespace}.{name}"
+    if len(full) <= MAX_LABEL_VALUE:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:12]
+    prefix = full[: MAX_LABEL_VALUE - len(digest) - 1].rstrip("-.")
+    return f"{prefix}-{digest}"
 
 
 class SpecError(ValueError):
@@ -251,11 +263,6 @@ def parse_identity(body: dict[str, Any]) -> Identity:
     if len(name) > MAX_IDENTITY_NAME or not DNS_LABEL.match(name):
         problems.append(
             f"metadata.name: must be a DNS-1123 label of at most {MAX_IDENTITY_NAME} characters"
-        )
-    if len(f"{namespace}.{name}") > MAX_LABEL_VALUE:
-        problems.append(
-            f"metadata.name: '<namespace>.<name>' must fit in {MAX_LABEL_VALUE} characters "
-            "(it is the value of the appidentity.dev/identity label)"
         )
     try:
         spec = AppIdentitySpec.model_validate(body.get("spec") or {})

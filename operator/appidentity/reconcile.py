@@ -21,7 +21,15 @@ from . import desired as build
 from . import status as st
 from . import tokens
 from .kube import ApiError, Kube
-from .model import IDENTITY_LABEL, MANAGED_BY, Identity, SpecError, parse_identity, rfc3339
+from .model import (
+    IDENTITY_LABEL,
+    MANAGED_BY,
+    Identity,
+    SpecError,
+    identity_key,
+    parse_identity,
+    rfc3339,
+)
 from .policy import Policy, check
 from .verify.baseline import Baseline
 from .verify.plan import Plan, build_plan
@@ -32,6 +40,7 @@ RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # RBAC propagation lag before a failure is 
 LEGACY_WAIT = 2.0
 PRUNE_KINDS = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
 AUDIENCES = "appidentity.dev/token-audiences"
+VERIFYING = "Verifying"  # a failed check being asked again; not yet an outcome worth an Event
 
 
 @dataclass
@@ -61,7 +70,9 @@ class Memory:
     retries: int = 0
     last_verification: dict[str, Any] | None = None
     cluster_roles: set[str] = field(default_factory=set)
+    namespace: str = ""
     service_account: str = ""
+    grant_namespaces: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -200,6 +211,9 @@ def _bound_token(
         secret = rt.kube.apply(build.token_secret(identity))
     sa_uid = sa["metadata"]["uid"]
     why = tokens.why_mint(identity, secret, sa_uid, now)
+    if why is None and not build.is_subset(build.token_secret(identity), secret):
+        # Re-applying the Secret means re-stating its token; a fresh one is the clean way.
+        why = "the token Secret was modified"
     if why is None:
         annotations = secret["metadata"].get("annotations") or {}
         return TokenState(
@@ -253,8 +267,12 @@ def _audiences_of(secret: Mapping[str, Any]) -> list[str]:
 
 
 def _legacy_token(rt: Runtime, identity: Identity) -> TokenState:
-    secret = rt.kube.apply(build.token_secret(identity))
+    secret = rt.kube.get("Secret", identity.namespace, identity.secret_name)
     token = tokens.secret_token(secret)
+    material = build.TokenMaterial("", "never", rt.kube.ca_crt, rt.kube.public_server)
+    want = build.token_secret(identity, material, legacy_token=token)
+    if secret is None or not build.is_subset(want, secret):
+        secret = rt.kube.apply(want)
     if token is None:
         return TokenState(
             st.Condition(
@@ -264,12 +282,6 @@ def _legacy_token(rt: Runtime, identity: Identity) -> TokenState:
                 "waiting for the cluster's token controller to fill the Secret",
             )
         )
-    if identity.spec.token.kubeconfig:
-        wanted = build.legacy_kubeconfig_patch(
-            identity, rt.kube.public_server, rt.kube.ca_crt, token
-        )
-        if (secret.get("data") or {}).get("kubeconfig") != wanted["data"]["kubeconfig"]:
-            rt.kube.apply(wanted)
     return TokenState(
         st.Condition(
             st.TOKEN_ISSUED,
@@ -337,20 +349,8 @@ def _verification_status(ver: Verification, plan_truncated: int, now: datetime) 
 def _verified_condition(identity: Identity, ver: Verification) -> st.Condition:
     if ver.error:
         return st.Condition(st.ACCESS_VERIFIED, False, "TokenRejected", ver.error)
-    if ver.failed:
-        first = ver.failed[0]
-        what = first.request.describe()
-        expected = "allowed" if first.expected_allowed else "denied"
-        got = "allowed" if first.got_allowed else "denied"
-        return st.Condition(
-            st.ACCESS_VERIFIED,
-            False,
-            "CheckFailed",
-            f"{len(ver.failed)} check(s) failed; first: {what} expected {expected}, got {got} (via {first.via})",
-        )
-    if not ver.jwt.ok:
-        return st.Condition(st.ACCESS_VERIFIED, False, "TokenSignatureInvalid", ver.jwt.reason)
-    if ver.excess and not identity.spec.verification.allow_excess:
+    over_granted = bool(ver.excess) and all(r.got_allowed for r in ver.failed)
+    if ver.excess and not identity.spec.verification.allow_excess and over_granted:
         item = ver.excess[0]
         what = ",".join(item.get("verbs", [])) + " "
         what += ",".join(item.get("resources", item.get("nonResourceURLs", [])))
@@ -358,8 +358,22 @@ def _verified_condition(identity: Identity, ver: Verification) -> st.Condition:
             st.ACCESS_VERIFIED,
             False,
             "ExcessPrivilege",
-            f"the token can do more than granted: {len(ver.excess)} rule(s), e.g. {what} in {item['namespace']}",
+            f"the token can do more than granted: {len(ver.excess)} rule(s), "
+            f"e.g. {what} in {item['namespace']}; {len(ver.failed)} boundary check(s) failed",
         )
+    if ver.failed:
+        first = ver.failed[0]
+        expected = "allowed" if first.expected_allowed else "denied"
+        got = "allowed" if first.got_allowed else "denied"
+        return st.Condition(
+            st.ACCESS_VERIFIED,
+            False,
+            "CheckFailed",
+            f"{len(ver.failed)} check(s) failed; first: {first.request.describe()} "
+            f"expected {expected}, got {got} (via {first.via})",
+        )
+    if not ver.jwt.ok:
+        return st.Condition(st.ACCESS_VERIFIED, False, "TokenSignatureInvalid", ver.jwt.reason)
     msg = (
         f"{ver.passed_count(True)} allowed and {ver.passed_count(False)} denied checks passed; "
         f"signature verified (kid {ver.jwt.key_id})"
@@ -404,7 +418,9 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
         applied[build.object_key(obj)] = _apply(rt, obj)
     mem.owned |= want.keys() | {secret_key}
     mem.desired = {build.object_key(o): o for o in want.objects}
+    mem.namespace = identity.namespace
     mem.service_account = identity.service_account
+    mem.grant_namespaces = set(identity.grant_namespaces)
     mem.cluster_roles = set(identity.spec.cluster_roles) | {
         r for g in identity.spec.namespaces for r in g.cluster_roles
     }
@@ -539,7 +555,7 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
         delay = RETRY_DELAYS[mem.retries]
         mem.retries += 1
         pending = st.Condition(
-            st.ACCESS_VERIFIED, None, "Verifying", f"re-checking in {delay:.0f}s: {cond.message}"
+            st.ACCESS_VERIFIED, None, VERIFYING, f"re-checking in {delay:.0f}s: {cond.message}"
         )
         return _finish(
             identity,
@@ -623,7 +639,7 @@ def _finish(
     if verification is not None:
         status["verification"] = dict(verification)
     before, after = st.outcome_of(previous), st.outcome_of(status)
-    if before != after:
+    if before != after and after[1] != VERIFYING:
         ready = next(c for c in status["conditions"] if c["type"] == st.READY)
         kind = "Normal" if after[0] == "True" else "Warning"
         events.append(Event(kind, after[1] or "Unknown", ready["message"]))
@@ -639,7 +655,7 @@ def cleanup(kube: Kube, body: Mapping[str, Any]) -> list[str]:
     identity whose spec has become invalid."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    key = f"{ns}.{name}"
+    key = identity_key(ns, name)
     selector = f"{MANAGED_BY}=appidentity-operator,{IDENTITY_LABEL}={key}"
     removed = []
     for kind in PRUNE_KINDS:

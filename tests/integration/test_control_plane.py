@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 import jwt
 import pytest
-from conftest import REPO, Cluster, Token
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from support import REPO, Cluster, Token
 
 T = TypeVar("T")
 TokenApi = Callable[[Token | str], client.ApiClient]

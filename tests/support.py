@@ -1,0 +1,219 @@
+"""Helpers shared by the integration tests: the operator as a separate process, and ways to
+drive and observe AppIdentities through the project's own API layer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from appidentity.kube import Kube, path_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Token:
+    """A bearer token that never shows up in reprs, assertion rewrites or tracebacks.
+
+    Tests compare and pass tokens around; wrapping them keeps a failing assertion from
+    printing a credential into CI logs. Use ``.value`` only where the raw string is needed.
+    """
+
+    value: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.value:
+            raise ValueError("empty token")
+
+    def __repr__(self) -> str:
+        return f"Token(<{len(self.value)} chars, redacted>)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where the API server is and how to talk to it."""
+
+    kubeconfig: Path
+    server: str
+    ca_file: Path
+    kubectl: str
+    external: bool  # True when APPID_TEST_KUBECONFIG named it: not ours to start or stop
+
+    def run_kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Runs kubectl against this cluster only, whatever KUBECONFIG the shell exports."""
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        return subprocess.run(
+            [self.kubectl, "--kubeconfig", str(self.kubeconfig), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
+        )
+
+
+CLUSTER_RULES_NAMESPACE = "appid-cluster-rules"
+TEST_POLICY = {
+    "clusterRules": {"allowedNamespaces": [CLUSTER_RULES_NAMESPACE]},
+    "allowedClusterRoles": ["view"],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Operator:
+    """`appidentity-operator run` in a subprocess; stop/start simulate an outage."""
+
+    cluster: Cluster
+    workdir: Path
+    log_path: Path
+    metrics_port: int = field(default_factory=free_port)
+    liveness_port: int = field(default_factory=free_port)
+    kubeconfig: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        policy = self.workdir / "policy.yaml"
+        policy.write_text(yaml.safe_dump(TEST_POLICY))
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "appidentity",
+                "run",
+                "--all-namespaces",
+                "--kubeconfig",
+                str(self.kubeconfig or self.cluster.kubeconfig),
+                "--policy",
+                str(policy),
+                "--metrics-port",
+                str(self.metrics_port),
+                "--liveness-port",
+                str(self.liveness_port),
+                "--secret-poll-seconds",
+                "2",
+                "--log-format",
+                "json",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
+        wait_until(self._healthy, timeout=60, what="operator liveness endpoint")
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, "operator exited; see its log"
+        try:
+            with socket.create_connection(("127.0.0.1", self.liveness_port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition", every: float = 0.3
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+# --- AppIdentity helpers -------------------------------------------------------------------
+
+
+def identity(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "appidentity.dev/v1alpha1",
+        "kind": "AppIdentity",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def create(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj["metadata"]
+    created: dict[str, Any] = kube.request(
+        "POST", path_for(obj["kind"], meta.get("namespace")), body=obj
+    )
+    return created
+
+
+def merge_patch(kube: Kube, kind: str, namespace: str | None, name: str, patch: Any) -> None:
+    kube.request(
+        "PATCH",
+        path_for(kind, namespace, name),
+        body=patch,
+        content_type="application/merge-patch+json",
+    )
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for c in ((obj or {}).get("status") or {}).get("conditions", []):
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+def wait_ready(kube: Kube, namespace: str, name: str, timeout: float = 60) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        obj = kube.get("AppIdentity", namespace, name)
+        good = condition(obj, "Ready").get("status") == "True" and (obj or {}).get(
+            "status", {}
+        ).get("observedGeneration") == (obj or {}).get("metadata", {}).get("generation")
+        return obj if good else None
+
+    found: dict[str, Any] = wait_until(ready, timeout, f"AppIdentity {namespace}/{name} Ready")
+    return found
+
+
+def wait_reason(
+    kube: Kube, namespace: str, name: str, reason: str, type_: str = "Ready", timeout: float = 60
+) -> dict[str, Any]:
+    def has() -> dict[str, Any] | None:
+        obj = kube.get("AppIdentity", namespace, name)
+        return obj if condition(obj, type_).get("reason") == reason else None
+
+    found: dict[str, Any] = wait_until(has, timeout, f"{namespace}/{name} {type_} reason {reason}")
+    return found
+
+
+def events_for(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    items = kube.request("GET", f"/api/v1/namespaces/{namespace}/events").get("items", [])
+    return [e for e in items if e.get("involvedObject", {}).get("name") == name]
