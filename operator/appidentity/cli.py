@@ -65,6 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         public_server=args.public_server,
         secret_poll_seconds=args.secret_poll_seconds,
+        workers=args.workers,
     )
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     kopf.run(
@@ -215,6 +216,7 @@ def parser() -> argparse.ArgumentParser:
         default=30.0,
         help="how often a token Secret is looked at between checks (Secrets are not watched)",
     )
+    run.add_argument("--workers", type=int, default=8, help="reconciles running at once (threads)")
     run.set_defaults(func=_cmd_run)
 
     for name, func, text in (

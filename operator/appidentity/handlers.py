@@ -8,11 +8,13 @@ what the identity's token may do.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,15 +47,17 @@ class Options:
     metrics_port: int = 0
     public_server: str | None = None
     secret_poll_seconds: float = 30.0
+    workers: int = 8
 
 
 OPTIONS = Options()
+POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile")  # resized at startup
 
 
 @dataclass
 class Tracked:
     memory: Memory = field(default_factory=Memory)
-    poke: threading.Event = field(default_factory=threading.Event)
+    poke: asyncio.Event = field(default_factory=asyncio.Event)  # set only from the event loop
     drift: list[str] = field(default_factory=list)
     last_written: dict[str, Any] | None = None
 
@@ -107,7 +111,8 @@ def _runtime() -> Runtime:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global RUNTIME
+    global RUNTIME, POOL
+    POOL = ThreadPoolExecutor(max_workers=OPTIONS.workers, thread_name_prefix="reconcile")
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -120,7 +125,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
-    settings.execution.max_workers = 64  # one thread per identity daemon in flight
+    settings.execution.max_workers = 8  # sync handlers only: startup, login, deletion
     managed = f"{MANAGED_BY}={FIELD_MANAGER}"
     settings.watching.label_selectors["serviceaccounts"] = managed
     settings.watching.label_selectors[RBAC, "roles"] = managed
@@ -155,7 +160,7 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def identity_changed(body: kopf.Body, **_: Any) -> None:
+async def identity_changed(body: kopf.Body, **_: Any) -> None:
     REGISTRY.poke(_key(body))
 
 
@@ -203,31 +208,49 @@ def _export(ns: str, name: str, status: Mapping[str, Any]) -> None:
         m.TOKEN_EXPIRY.labels(ns, name).set((parse_time(expires) - utcnow()).total_seconds())
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
-def identity_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    rt = _runtime()
+def _cycle(rt: Runtime, body: dict[str, Any], tracked: Tracked) -> float:
+    """One reconcile and its publication, in a worker thread (the client blocks). Returns the
+    seconds until the identity needs attention again."""
     key = _key(body)
-    tracked = REGISTRY.get(key)
-    while not stopped:
-        tracked.poke.clear()
-        snapshot = copy.deepcopy(dict(body))
-        if snapshot["metadata"].get("deletionTimestamp"):
-            return
-        started = time.monotonic()
-        try:
-            result = reconcile(rt, snapshot, tracked.memory, utcnow())
-            _publish(rt, snapshot, tracked, result)
-            m.RECONCILES.labels("ok").inc()
-            wait = result.wake_in
-        except ApiError as exc:
-            log.warning("%s: API error %s, retrying in %.0fs", key, exc, ERROR_BACKOFF)
-            m.RECONCILES.labels("error").inc()
-            m.ERRORS.labels("reconcile").inc()
-            wait = ERROR_BACKOFF
+    started = time.monotonic()
+    try:
+        result = reconcile(rt, body, tracked.memory, utcnow())
+        _publish(rt, body, tracked, result)
+        m.RECONCILES.labels("ok").inc()
+        return result.wake_in
+    except ApiError as exc:
+        log.warning("%s: API error %s, retrying in %.0fs", key, exc, ERROR_BACKOFF)
+        m.RECONCILES.labels("error").inc()
+        m.ERRORS.labels("reconcile").inc()
+        return ERROR_BACKOFF
+    finally:
         m.RECONCILE_SECONDS.observe(time.monotonic() - started)
-        deadline = time.monotonic() + wait
-        while not stopped and not tracked.poke.is_set() and time.monotonic() < deadline:
-            tracked.poke.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+async def _until_stopped(stopped: kopf.DaemonStopped) -> None:
+    await stopped.wait()
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def identity_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """A coroutine per identity, not a thread: thousands of identities wait for free, and at
+    most OPTIONS.workers reconciles run at once in the pool."""
+    rt = _runtime()
+    tracked = REGISTRY.get(_key(body))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.ensure_future(_until_stopped(stopped))
+    try:
+        while not stopped:
+            tracked.poke.clear()
+            snapshot = copy.deepcopy(dict(body))
+            if snapshot["metadata"].get("deletionTimestamp"):
+                return
+            wait = await loop.run_in_executor(POOL, _cycle, rt, snapshot, tracked)
+            poke = asyncio.ensure_future(tracked.poke.wait())
+            await asyncio.wait({poke, stop}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            poke.cancel()
+    finally:
+        stop.cancel()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -279,12 +302,12 @@ def _subject_keys(subjects: list[Mapping[str, Any]] | None) -> set[str]:
 
 
 @kopf.on.event("v1", "serviceaccounts")
-def service_account_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+async def service_account_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     _child_event(event, body)
 
 
 @kopf.on.event(RBAC, "v1", "roles")
-def role_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+async def role_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     _child_event(event, body)
 
 
@@ -295,17 +318,17 @@ def _binding_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> None:
 
 
 @kopf.on.event(RBAC, "v1", "rolebindings")
-def role_binding_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+async def role_binding_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     _binding_event(event, body)
 
 
 @kopf.on.event(RBAC, "v1", "clusterrolebindings")
-def cluster_role_binding_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+async def cluster_role_binding_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     _binding_event(event, body)
 
 
 @kopf.on.event(RBAC, "v1", "clusterroles")
-def cluster_role_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+async def cluster_role_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     if _child_event(event, body):
         return
     name = body.get("metadata", {}).get("name")
@@ -315,7 +338,7 @@ def cluster_role_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.event("v1", "namespaces")
-def namespace_event(body: kopf.Body, **_: Any) -> None:
+async def namespace_event(body: kopf.Body, **_: Any) -> None:
     """Consent is given or withdrawn on the namespace: identities granting into it look again."""
     name = body.get("metadata", {}).get("name")
     for key, tracked in REGISTRY.items():
