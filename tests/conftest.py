@@ -22,7 +22,7 @@ import yaml
 from appidentity.kube import Kube
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from support import CLUSTER_RULES_NAMESPACE, REPO, Cluster, Operator, Token
+from support import CLUSTER_RULES_NAMESPACE, REPO, Cluster, InClusterOperator, Operator, Token
 
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
 BUILD_SH = REPO / "hack" / "build-control-plane.sh"
@@ -262,7 +262,12 @@ def crd_installed(cluster: Cluster) -> None:
 @pytest.fixture(scope="session")
 def operator(
     cluster: Cluster, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator]:
+) -> Iterator[Operator | InClusterOperator]:
+    """A local operator process, or, with APPID_TEST_OPERATOR=in-cluster, the one deploy/
+    installed into the cluster that APPID_TEST_KUBECONFIG names."""
+    if os.environ.get("APPID_TEST_OPERATOR") == "in-cluster":
+        yield InClusterOperator(cluster)
+        return
     workdir = tmp_path_factory.mktemp("operator")
     op = Operator(cluster, workdir, workdir / "operator.log")
     op.start()

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,11 +64,10 @@ class Cluster:
         )
 
 
-CLUSTER_RULES_NAMESPACE = "appid-cluster-rules"
-TEST_POLICY = {
-    "clusterRules": {"allowedNamespaces": [CLUSTER_RULES_NAMESPACE]},
-    "allowedClusterRoles": ["view"],
-}
+TEST_POLICY_FILE = REPO / "tests" / "policy.yaml"
+CLUSTER_RULES_NAMESPACE = yaml.safe_load(TEST_POLICY_FILE.read_text())["clusterRules"][
+    "allowedNamespaces"
+][0]
 
 
 def free_port() -> int:
@@ -89,8 +89,7 @@ class Operator:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        policy = self.workdir / "policy.yaml"
-        policy.write_text(yaml.safe_dump(TEST_POLICY))
+        policy = TEST_POLICY_FILE
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -140,6 +139,45 @@ class Operator:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return str(urllib.request.urlopen(url, timeout=5).read().decode())
+
+
+@dataclass
+class InClusterOperator:
+    """The operator installed from deploy/ (e.g. by `make e2e-kind`): the same tests, driven
+    through its Deployment instead of a local process."""
+
+    cluster: Cluster
+    namespace: str = "appidentity-system"
+    deployment: str = "appidentity-operator"
+
+    def _kubectl(self, *args: str) -> str:
+        return self.cluster.run_kubectl("-n", self.namespace, *args).stdout
+
+    def start(self) -> None:
+        self._kubectl("scale", f"deployment/{self.deployment}", "--replicas=1")
+        self._kubectl("rollout", "status", f"deployment/{self.deployment}", "--timeout=120s")
+
+    def stop(self) -> None:
+        self._kubectl("scale", f"deployment/{self.deployment}", "--replicas=0")
+        self._kubectl(
+            "wait",
+            "--for=delete",
+            "pod",
+            "-l",
+            "app.kubernetes.io/name=appidentity-operator",
+            "--timeout=60s",
+        )
+
+    def log(self) -> str:
+        return self._kubectl("logs", f"deployment/{self.deployment}", "--tail=-1")
+
+    def metrics(self) -> str:
+        path = f"/api/v1/namespaces/{self.namespace}/services/{self.deployment}-metrics:8080/proxy/metrics"
+        return self.cluster.run_kubectl("get", "--raw", path).stdout
 
 
 def wait_until(

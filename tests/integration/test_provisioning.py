@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from support import (
     CLUSTER_RULES_NAMESPACE,
     Cluster,
+    InClusterOperator,
     Operator,
     Token,
     condition,
@@ -160,7 +161,7 @@ def test_deleted_secret_revokes_the_old_token_and_a_new_one_is_issued(
 
 
 def test_restarted_operator_repairs_what_changed_while_it_was_down(
-    kube: Kube, namespace: str, operator: Operator
+    kube: Kube, namespace: str, operator: Operator | InClusterOperator
 ) -> None:
     create(kube, identity("restart", namespace, rules=[READ_CONFIGMAPS]))
     wait_ready(kube, namespace, "restart")

@@ -7,14 +7,15 @@ import base64
 import json
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from appidentity.kube import Kube
 from support import (
     REPO,
     Cluster,
+    InClusterOperator,
     Operator,
     condition,
     create,
@@ -24,8 +25,6 @@ from support import (
     wait_reason,
     wait_until,
 )
-
-from appidentity.kube import Kube
 
 pytestmark = pytest.mark.usefixtures("operator")
 READ_PODS = {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]}
@@ -162,13 +161,14 @@ def test_growth_of_an_aggregated_cluster_role_is_noticed(
     wait_ready(kube, namespace, "viewer")
 
 
-def test_metrics_report_each_identity(kube: Kube, namespace: str, operator: Operator) -> None:
+def test_metrics_report_each_identity(
+    kube: Kube, namespace: str, operator: Operator | InClusterOperator
+) -> None:
     create(kube, identity("metered", namespace, rules=[READ_PODS]))
     wait_ready(kube, namespace, "metered")
-    url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
 
     def exported() -> str | None:
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        text = operator.metrics()
         line = f'appidentity_verified{{name="metered",namespace="{namespace}"}} 1.0'
         return text if line in text else None
 
@@ -194,7 +194,7 @@ def _every_token(kube: Kube) -> list[str]:
 
 
 def test_no_token_appears_in_logs_events_status_or_metrics(
-    kube: Kube, namespace: str, operator: Operator
+    kube: Kube, namespace: str, operator: Operator | InClusterOperator
 ) -> None:
     create(kube, identity("secretive", namespace, rules=[READ_PODS], token={"kubeconfig": True}))
     wait_ready(kube, namespace, "secretive")
@@ -204,11 +204,7 @@ def test_no_token_appears_in_logs_events_status_or_metrics(
     needles = tokens + [t.rsplit(".", 1)[-1] for t in tokens]
     events = kube.request("GET", "/api/v1/events").get("items", [])
     statuses = [o.get("status") for o in kube.list_objects("AppIdentity")]
-    metrics = (
-        urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5)
-        .read()
-        .decode()
-    )
+    metrics = operator.metrics()
     haystacks = {
         "operator log": operator.log(),
         "events": json.dumps(events),
