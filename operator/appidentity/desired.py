@@ -222,7 +222,7 @@ def _grants_in(
 def consents(namespace_annotations: Mapping[str, str], identity_namespace: str) -> bool:
     """Whether a namespace accepts grants from identities in `identity_namespace`."""
     listed = namespace_annotations.get(CONSENT_ANNOTATION, "")
-    return identity_namespace in {n.strip() for n in listed.split(",")} or listed.strip() == "*"
+    return identity_namespace in {n.strip() for n in listed.split(",")}
 
 
 @dataclass(frozen=True)

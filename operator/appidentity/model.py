@@ -12,7 +12,15 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from . import FIELD_MANAGER
@@ -144,8 +152,9 @@ class VerificationSpec(_Model):
 
 
 class Schedule(_Model):
-    not_before: datetime | None = None
-    expires_at: datetime | None = None
+    # RFC 3339 with an offset, as the CRD's date-time format demands: a local time is ambiguous.
+    not_before: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Schedule:
@@ -178,6 +187,14 @@ class AppIdentitySpec(_Model):
 
     _roles = field_validator("cluster_roles")(_cluster_role_names)
 
+    @field_validator("namespaces")
+    @classmethod
+    def _unique_namespaces(cls, v: tuple[NamespaceGrant, ...]) -> tuple[NamespaceGrant, ...]:
+        names = [g.name for g in v]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate namespace names")
+        return v
+
     @model_validator(mode="after")
     def _grants_something(self) -> AppIdentitySpec:
         if not (self.rules or self.cluster_roles or self.namespaces or self.cluster_rules):
@@ -185,9 +202,6 @@ class AppIdentitySpec(_Model):
                 "grants nothing; set at least one of spec.rules, spec.clusterRoles, "
                 "spec.namespaces, spec.clusterRules"
             )
-        names = [g.name for g in self.namespaces]
-        if len(set(names)) != len(names):
-            raise ValueError("namespaces: duplicate namespace names")
         return self
 
 

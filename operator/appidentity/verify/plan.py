@@ -185,14 +185,15 @@ def build_plan(
         if not covered(_grants_in(granted, c.request.namespace), c.request)
     ]
     denied = list(dict.fromkeys(boundary)) + _user_must_deny(identity)
-    real_denied = next(
-        (
-            c.request
-            for c in boundary
-            if c.request.verb == "list" and not c.request.subresource and c.request.namespace
-        ),
-        None,
-    )
+    # A denial tried for real: a list if there is one, else an unnamed get (performed as a list).
+    readable = [
+        c.request
+        for c in boundary
+        if c.request.verb in ("list", "get")
+        and not (c.request.subresource or c.request.name)
+        and c.request.namespace
+    ]
+    real_denied = min(readable, key=lambda r: r.verb != "list", default=None)
     return Plan(
         allowed=allowed[:MAX_ALLOWED_CHECKS],
         denied=denied,
