@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from appidentity.verify.plan import MAX_ALLOWED_CHECKS, MAX_REAL_READS, Check, Plan, build_plan
 from appidentity.verify.rbac import Request, covered
 
