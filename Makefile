@@ -79,5 +79,9 @@ render: venv ## print what the examples would create (no cluster needed)
 install.yaml: control-plane ## regenerate deploy/install.yaml from the kustomization
 	$(KUBECTL) kustomize deploy/ > deploy/install.yaml
 
+chaos: deps ## the fault suite in full: 50 identities, 20 SIGKILLs, 10 repairs per kind
+	APPID_CHAOS_IDENTITIES=50 APPID_CHAOS_KILLS=20 APPID_CHAOS_REPEATS=10 \
+	  $(PY) -m pytest tests/chaos -v $(PYTEST_ARGS)
+
 e2e-kind: ## for machines with Docker: kind cluster, image, deploy/, the same e2e suite
 	@bash hack/e2e-kind.sh

@@ -5,6 +5,9 @@
 #   hack/cluster.sh up     [STATE_DIR]  start (or reuse) it; last line: export KUBECONFIG=...
 #   hack/cluster.sh down   [STATE_DIR]  stop it and remove STATE_DIR
 #   hack/cluster.sh status [STATE_DIR]  exit 0 when it is running and ready
+#   hack/cluster.sh restart-apiserver [STATE_DIR]
+#                                       stop and start kube-apiserver alone, on the same port,
+#                                       etcd keeping its data (for fault tests)
 #
 # No kubelet and no scheduler: Pods never run. The operator's behaviour lives in RBAC, tokens
 # and garbage collection, which is exactly what these three processes provide.
@@ -30,7 +33,7 @@ die() { echo "cluster.sh: $*" >&2; exit 1; }
 log() { echo "cluster.sh: $*" >&2; }
 
 usage() {
-  echo "usage: $0 up|down|status [STATE_DIR]   (default STATE_DIR: $repo/.state/cluster)" >&2
+  echo "usage: $0 up|down|status|restart-apiserver [STATE_DIR]   (default STATE_DIR: $repo/.state/cluster)" >&2
   exit 2
 }
 
@@ -219,6 +222,7 @@ start_etcd() {
   local client_port peer_port
   free_port client_port; free_port peer_port
   etcd_url="http://127.0.0.1:$client_port"
+  echo "$etcd_url" >"$state/etcd.url"
   local peer="http://127.0.0.1:$peer_port"
   start_detached etcd --name=appidentity --data-dir="$state/etcd" \
     --listen-client-urls="$etcd_url" --advertise-client-urls="$etcd_url" \
@@ -228,9 +232,10 @@ start_etcd() {
   wait_for etcd "etcd health at $etcd_url" etcd_healthy "$etcd_url"
 }
 
+# With a port argument the API server comes back where it was: same issuer, same kubeconfigs.
 start_apiserver() {
-  local port pki="$state/pki"
-  free_port port
+  local port=${1:-} pki="$state/pki"
+  [ -n "$port" ] || free_port port
   local url="https://127.0.0.1:$port"
   echo "$url" >"$state/apiserver.url"
   write_kubeconfig "$state/admin.kubeconfig" admin "$url"
@@ -297,6 +302,17 @@ cmd_down() {
   rm -rf "$state"
 }
 
+cmd_restart_apiserver() {
+  bin=$("$here/build-control-plane.sh" | tail -n 1)
+  is_ready || die "not running; start it with: $0 up $state"
+  local url
+  url=$(apiserver_url)
+  etcd_url=$(<"$state/etcd.url")
+  stop_group kube-apiserver
+  start_apiserver "${url##*:}"
+  log "kube-apiserver restarted at $url"
+}
+
 cmd_status() {
   if is_ready; then echo "running at $(apiserver_url)"; else echo "not running"; return 1; fi
 }
@@ -314,6 +330,7 @@ main() {
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
+    restart-apiserver) cmd_restart_apiserver ;;
     *) usage ;;
   esac
 }

@@ -22,11 +22,18 @@ import yaml
 from appidentity.kube import Kube
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from support import CLUSTER_RULES_NAMESPACE, REPO, Cluster, InClusterOperator, Operator, Token
+from support import (
+    CLUSTER_RULES_NAMESPACE,
+    CLUSTER_SH,
+    REPO,
+    TEST_STATE_DIR,
+    Cluster,
+    InClusterOperator,
+    Operator,
+    Token,
+)
 
-CLUSTER_SH = REPO / "hack" / "cluster.sh"
 BUILD_SH = REPO / "hack" / "build-control-plane.sh"
-TEST_STATE_DIR = REPO / ".state" / "test-cluster"
 ENV_KUBECONFIG = "APPID_TEST_KUBECONFIG"
 ENV_KEEP = "APPID_TEST_KEEP_CLUSTER"
 

@@ -19,6 +19,8 @@ import yaml
 from appidentity.kube import Kube, path_for
 
 REPO = Path(__file__).resolve().parent.parent
+CLUSTER_SH = REPO / "hack" / "cluster.sh"
+TEST_STATE_DIR = Path(os.environ.get("APPID_TEST_STATE_DIR", REPO / ".state" / "test-cluster"))
 
 
 @dataclass(frozen=True)

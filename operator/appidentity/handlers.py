@@ -231,7 +231,7 @@ async def _until_stopped(stopped: kopf.DaemonStopped) -> None:
     await stopped.wait()
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, backoff=ERROR_BACKOFF)
 async def identity_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
     """A coroutine per identity, not a thread: thousands of identities wait for free, and at
     most OPTIONS.workers reconciles run at once in the pool."""

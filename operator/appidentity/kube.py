@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import urllib3
 from kubernetes import client, config
 
 from . import FIELD_MANAGER, GROUP, PLURAL, VERSION
@@ -97,7 +98,11 @@ class Http:
         serialized = self.api.param_serialize(
             method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
-        response = self.api.call_api(*serialized, _request_timeout=TIMEOUT)
+        try:
+            response = self.api.call_api(*serialized, _request_timeout=TIMEOUT)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # An API server restart or a network blip: a failure like any other, retried.
+            raise ApiError(0, "Unreachable", type(exc).__name__) from exc
         response.read()  # type: ignore[no-untyped-call]
         raw = response.data or b"{}"
         if not 200 <= response.status <= 299:
