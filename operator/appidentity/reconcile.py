@@ -415,7 +415,21 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
 
     applied = {}
     for obj in want.objects:
-        applied[build.object_key(obj)] = _apply(rt, obj)
+        try:
+            applied[build.object_key(obj)] = _apply(rt, obj)
+        except ApiError as exc:
+            if exc.status not in (403, 422):
+                raise
+            # e.g. RBAC escalation prevention: the operator does not hold what it would grant.
+            kind, ns, name = build.object_key(obj)
+            where = f"{kind} {ns + '/' if ns else ''}{name}"
+            return _stop(
+                body,
+                now,
+                "ApplyRefused",
+                f"the API server refused {where}: {exc.message}",
+                "ApplyRefused",
+            )
     mem.owned |= want.keys() | {secret_key}
     mem.desired = {build.object_key(o): o for o in want.objects}
     mem.namespace = identity.namespace
