@@ -9,7 +9,6 @@ the new ones exist.
 
 from __future__ import annotations
 
-import base64
 import logging
 import random
 from collections.abc import Mapping
@@ -334,7 +333,7 @@ def stored_token(rt: Runtime, identity: Identity) -> tuple[str | None, list[str]
     return tokens.secret_token(secret), _audiences_of(secret)
 
 
-def _verification_status(ver: Verification, plan_truncated: int, now: datetime) -> dict[str, Any]:
+def _verification_status(ver: Verification, now: datetime) -> dict[str, Any]:
     return {
         "checkedAt": rfc3339(now),
         "authenticatedAs": ver.authenticated_as,
@@ -564,6 +563,9 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
 
     plan, ver = prove(rt, identity, consenting, token.token, token.audiences)
     cond = _verified_condition(identity, ver)
+    if plan.truncated:
+        note = f" ({plan.truncated} allowed checks beyond the limit were not asked)"
+        cond = st.Condition(cond.type, cond.status, cond.reason, cond.message + note)
     if cond.status is not True and mem.retries < len(RETRY_DELAYS):
         # RBAC reaches every authorizer a moment after it is written: ask again before failing.
         delay = RETRY_DELAYS[mem.retries]
@@ -586,7 +588,7 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
     mem.verify_soon = False
     mem.verified_generation = identity.generation
     mem.next_verify = now + _jittered(identity.spec.verification.interval_seconds)
-    verification = _verification_status(ver, plan.truncated, now)
+    verification = _verification_status(ver, now)
     if (
         mem.rules_hash
         and ver.rules_hash != mem.rules_hash
@@ -698,8 +700,3 @@ def cleanup(kube: Kube, body: Mapping[str, Any]) -> list[str]:
             ):
                 removed.append(f"{kind} {ns}/{obj_name}")
     return removed
-
-
-def decode_secret_value(secret: Mapping[str, Any], key: str) -> str | None:
-    raw = (secret.get("data") or {}).get(key)
-    return base64.b64decode(raw).decode() if raw else None

@@ -16,7 +16,6 @@ from .rbac import Request, RuleDict, covered, requests_of, split_resource
 
 MAX_ALLOWED_CHECKS = 128
 MAX_REAL_READS = 8
-READ_VERBS = ("list", "get")
 
 
 @dataclass(frozen=True)
