@@ -3,6 +3,7 @@ drive and observe AppIdentities through the project's own API layer."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -257,3 +258,23 @@ def wait_reason(
 def events_for(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
     items = kube.request("GET", f"/api/v1/namespaces/{namespace}/events").get("items", [])
     return [e for e in items if e.get("involvedObject", {}).get("name") == name]
+
+
+def whoami_status(token_api: Callable[[Token], Any], token: Token) -> int:
+    """HTTP status of a SelfSubjectReview made with the token alone. Tokens travel wrapped in
+    Token, whose repr is redacted, so no assertion can print one."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        client.AuthenticationV1Api(token_api(token)).create_self_subject_review(
+            client.V1SelfSubjectReview()
+        )
+        return 200
+    except ApiException as exc:
+        return int(exc.status)
+
+
+def secret_token(kube: Kube, namespace: str, name: str) -> Token | None:
+    raw = ((kube.get("Secret", namespace, name) or {}).get("data") or {}).get("token")
+    return Token(base64.b64decode(raw).decode()) if raw else None

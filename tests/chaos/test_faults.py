@@ -22,7 +22,6 @@ import pytest
 from appidentity.kube import ApiError, Kube
 from appidentity.model import IDENTITY_LABEL, identity_key
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from support import (
     CLUSTER_SH,
     TEST_STATE_DIR,
@@ -33,10 +32,13 @@ from support import (
     events_for,
     identity,
     merge_patch,
+    secret_token,
     wait_ready,
     wait_until,
+    whoami_status,
 )
 
+pytestmark = pytest.mark.usefixtures("operator")
 IDENTITIES = int(os.environ.get("APPID_CHAOS_IDENTITIES", "10"))
 KILLS = int(os.environ.get("APPID_CHAOS_KILLS", "5"))
 REPEATS = int(os.environ.get("APPID_CHAOS_REPEATS", "3"))
@@ -377,22 +379,8 @@ def test_token_past_its_refresh_time_is_replaced_while_the_old_one_still_works(
     create(kube, identity("refresh", namespace, rules=[READ_CONFIGMAPS]))
     wait_ready(kube, namespace, "refresh")
 
-    def token_of() -> Token:
-        import base64
-
-        secret = kube.get("Secret", namespace, "refresh-token") or {}
-        return Token(base64.b64decode(secret["data"]["token"]).decode())
-
-    def status(token: Token) -> int:
-        try:
-            client.AuthenticationV1Api(token_api(token)).create_self_subject_review(
-                client.V1SelfSubjectReview()
-            )
-            return 200
-        except ApiException as exc:
-            return int(exc.status)
-
-    old = token_of()
+    old = secret_token(kube, namespace, "refresh-token")
+    assert old is not None
     merge_patch(
         kube,
         "Secret",
@@ -400,7 +388,12 @@ def test_token_past_its_refresh_time_is_replaced_while_the_old_one_still_works(
         "refresh-token",
         {"metadata": {"annotations": {"appidentity.dev/token-refresh-at": "2000-01-01T00:00:00Z"}}},
     )
-    new = wait_until(lambda: (t := token_of()) != old and t, 30, "a refreshed token")
-    assert status(new) == 200
-    assert status(old) == 200  # rotation overlaps: nothing using the old token breaks
+    new = wait_until(
+        lambda: (t := secret_token(kube, namespace, "refresh-token")) != old and t,
+        30,
+        "a refreshed token",
+    )
+    assert whoami_status(token_api, new) == 200
+    # Rotation overlaps: whatever still uses the old token keeps working until it expires.
+    assert whoami_status(token_api, old) == 200
     wait_ready(kube, namespace, "refresh")

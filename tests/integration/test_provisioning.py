@@ -13,7 +13,6 @@ import pytest
 from appidentity.kube import Kube
 from appidentity.model import identity_key
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from support import (
     CLUSTER_RULES_NAMESPACE,
     Cluster,
@@ -27,6 +26,7 @@ from support import (
     wait_ready,
     wait_reason,
     wait_until,
+    whoami_status,
 )
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -41,16 +41,6 @@ def secret_data(kube: Kube, namespace: str, name: str) -> dict[str, str]:
 
 def digest(token: Token) -> str:
     return hashlib.sha256(token.value.encode()).hexdigest()
-
-
-def whoami_status(token_api: Callable[[Token], client.ApiClient], token: Token) -> int:
-    """Tokens travel wrapped in Token, whose repr is redacted: no assertion can print one."""
-    api = client.AuthenticationV1Api(token_api(token))
-    try:
-        api.create_self_subject_review(client.V1SelfSubjectReview())
-        return 200
-    except ApiException as exc:
-        return int(exc.status)
 
 
 def kubectl_as(cluster: Cluster, kubeconfig: str, tmp_path: Any, *args: str) -> int:
