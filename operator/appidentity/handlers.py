@@ -274,6 +274,11 @@ def _child_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
     if not owner or labels.get(MANAGED_BY) != FIELD_MANAGER:
         return False
     key = object_key(body)
+    if RUNTIME is not None:
+        if event.get("type") == "DELETED":
+            RUNTIME.children.pop(key, None)
+        else:
+            RUNTIME.children[key] = copy.deepcopy(dict(body))
     tracked = REGISTRY.find(owner)
     wanted = tracked.memory.desired.get(key) if tracked else None
     if wanted is None:

@@ -51,6 +51,9 @@ class Runtime:
     baseline: Baseline
     openid: OpenIdCache = field(default_factory=OpenIdCache)
     secret_poll_seconds: float = 30.0
+    # Managed children as the watches last saw them: lets a reconcile skip applies that would
+    # change nothing, so a restarted operator with nothing drifted writes nothing.
+    children: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -58,7 +61,6 @@ class Memory:
     """What the operator remembers about one identity between reconciles, in this process only.
     Losing it (a restart) costs reads, never correctness."""
 
-    owned: set[tuple[str, str, str]] = field(default_factory=set)
     desired: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     pruned_for: tuple[int, bool] | None = None
     verified_generation: int = -1
@@ -125,23 +127,40 @@ def _is_ours(identity: Identity, obj: Mapping[str, Any]) -> bool:
     return bool((obj.get("metadata", {}).get("labels") or {}).get(IDENTITY_LABEL) == identity.key)
 
 
-def _check_conflicts(
-    rt: Runtime, identity: Identity, mem: Memory, keys: list[tuple[str, str, str]]
-) -> None:
-    """Refuses to touch an object of the same name that the operator did not create."""
-    foreign = []
+def _live(
+    rt: Runtime, identity: Identity, keys: list[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], dict[str, Any] | None]:
+    """What exists now under each name: the watch cache where it has the object, else a GET.
+    Refuses (Conflict) when an object of the same name was not created for this identity."""
+    found = {}
     for key in keys:
-        if key in mem.owned:
-            continue
         kind, ns, name = key
-        found = rt.kube.get(kind, ns or None, name)
-        if found is not None and not _is_ours(identity, found):
-            foreign.append(f"{kind} {ns + '/' if ns else ''}{name}")
+        cached = rt.children.get(key)
+        found[key] = cached if cached is not None else rt.kube.get(kind, ns or None, name)
+    foreign = [
+        f"{k[0]} {k[1] + '/' if k[1] else ''}{k[2]}"
+        for k, obj in found.items()
+        if obj is not None and not _is_ours(identity, obj)
+    ]
     if foreign:
         raise Conflict(
             "these objects exist and were not created for this identity, so they are left "
             "untouched: " + ", ".join(foreign)
         )
+    return found
+
+
+def _already_pruned(identity: Identity, previous: Mapping[str, Any]) -> tuple[int, bool] | None:
+    """After a restart: the status proves the last process pruned for this generation and
+    schedule state, so nothing needs listing. A brand-new identity has nothing to prune."""
+    if not previous:
+        return (1, True) if identity.generation == 1 else None
+    conditions = {c.get("type"): c for c in previous.get("conditions", [])}
+    provisioned = conditions.get(st.PROVISIONED, {}).get("status") == "True"
+    if previous.get("observedGeneration") != identity.generation or not provisioned:
+        return None
+    was_active = conditions.get(st.READY, {}).get("reason") != "ScheduleInactive"
+    return (identity.generation, was_active)
 
 
 def _apply(rt: Runtime, obj: dict[str, Any]) -> dict[str, Any]:
@@ -202,10 +221,13 @@ class TokenState:
 
 
 def _bound_token(
-    rt: Runtime, identity: Identity, sa: Mapping[str, Any], now: datetime
+    rt: Runtime,
+    identity: Identity,
+    sa: Mapping[str, Any],
+    secret: dict[str, Any] | None,
+    now: datetime,
 ) -> TokenState:
     ns, name = identity.namespace, identity.secret_name
-    secret = rt.kube.get("Secret", ns, name)
     if secret is None:
         secret = rt.kube.apply(build.token_secret(identity))
     sa_uid = sa["metadata"]["uid"]
@@ -265,8 +287,7 @@ def _audiences_of(secret: Mapping[str, Any]) -> list[str]:
     return [a for a in raw.split(",") if a]
 
 
-def _legacy_token(rt: Runtime, identity: Identity) -> TokenState:
-    secret = rt.kube.get("Secret", identity.namespace, identity.secret_name)
+def _legacy_token(rt: Runtime, identity: Identity, secret: dict[str, Any] | None) -> TokenState:
     token = tokens.secret_token(secret)
     material = build.TokenMaterial("", "never", rt.kube.ca_crt, rt.kube.public_server)
     want = build.token_secret(identity, material, legacy_token=token)
@@ -293,13 +314,11 @@ def _legacy_token(rt: Runtime, identity: Identity) -> TokenState:
     )
 
 
-def _revoke(rt: Runtime, identity: Identity) -> bool:
-    found = rt.kube.get("Secret", identity.namespace, identity.secret_name)
-    if found and _is_ours(identity, found):
-        return rt.kube.delete(
-            "Secret", identity.namespace, identity.secret_name, found["metadata"]["uid"]
-        )
-    return False
+def _revoke(rt: Runtime, identity: Identity, secret: Mapping[str, Any] | None) -> bool:
+    if secret is None:
+        return False
+    uid = secret["metadata"]["uid"]
+    return rt.kube.delete("Secret", identity.namespace, identity.secret_name, uid)
 
 
 # --- verification --------------------------------------------------------------------------
@@ -406,16 +425,19 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
     want = build.desired_state(identity, consenting, active)
     secret_key = ("Secret", identity.namespace, identity.secret_name)
     try:
-        _check_conflicts(
-            rt, identity, mem, [build.object_key(o) for o in want.objects] + [secret_key]
-        )
+        live = _live(rt, identity, [build.object_key(o) for o in want.objects] + [secret_key])
     except Conflict as exc:
         return _stop(body, now, "Conflict", str(exc), "Conflict")
 
     applied = {}
     for obj in want.objects:
+        key = build.object_key(obj)
+        current = live[key]
+        if current is not None and build.is_subset(obj, current):
+            applied[key] = current  # already as desired: no request at all
+            continue
         try:
-            applied[build.object_key(obj)] = _apply(rt, obj)
+            applied[key] = _apply(rt, obj)
         except ApiError as exc:
             if exc.status not in (403, 422):
                 raise
@@ -429,7 +451,6 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
                 f"the API server refused {where}: {exc.message}",
                 "ApplyRefused",
             )
-    mem.owned |= want.keys() | {secret_key}
     mem.desired = {build.object_key(o): o for o in want.objects}
     mem.namespace = identity.namespace
     mem.service_account = identity.service_account
@@ -438,6 +459,8 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
         r for g in identity.spec.namespaces for r in g.cluster_roles
     }
 
+    if mem.pruned_for is None:
+        mem.pruned_for = _already_pruned(identity, previous)
     if mem.pruned_for != (identity.generation, active):
         removed = _prune(rt, identity, want.keys() | {secret_key}, previous)
         if removed:
@@ -479,7 +502,7 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
     if change:
         wake = min(wake, (change - now).total_seconds() + 0.5)
     if not active:
-        if _revoke(rt, identity):
+        if _revoke(rt, identity, live[secret_key]):
             events.append(
                 Event("Normal", "TokenRevoked", "outside the schedule window: token Secret deleted")
             )
@@ -509,9 +532,9 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
         )
 
     token = (
-        _bound_token(rt, identity, sa, now)
+        _bound_token(rt, identity, sa, live[secret_key], now)
         if identity.spec.token.type == "Bound"
-        else _legacy_token(rt, identity)
+        else _legacy_token(rt, identity, live[secret_key])
     )
     if token.issued:
         events.append(

@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+from ..desired import is_subset
 from ..kube import Kube
 from .rbac import RuleDict
 
@@ -40,7 +41,12 @@ class Baseline:
         self._token: tuple[float, str] | None = None
 
     def ensure(self) -> None:
-        self.kube.apply(baseline_service_account(self.namespace))
+        """Applies the baseline ServiceAccount unless it is already as wanted (a restart
+        writes nothing)."""
+        want = baseline_service_account(self.namespace)
+        found = self.kube.get("ServiceAccount", self.namespace, BASELINE_SA)
+        if found is None or not is_subset(want, found):
+            self.kube.apply(want)
 
     def _client_token(self) -> str:
         if self._token and time.monotonic() < self._token[0]:
