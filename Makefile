@@ -44,7 +44,7 @@ cluster-down: ## stop the local control plane and remove its state
 	@bash hack/cluster.sh down $(STATE)
 
 install: ## install the CRD into the current KUBECONFIG's cluster
-	$(KUBECTL) apply -f crds/
+	$(KUBECTL) apply -k crds/
 	$(KUBECTL) wait --for=condition=Established --timeout=60s crd/appidentities.appidentity.dev
 
 run: venv install ## run the operator against the current KUBECONFIG

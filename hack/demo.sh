@@ -38,7 +38,7 @@ fi
 command -v "$kubectl" >/dev/null || kubectl=kubectl
 
 echo "== installing the CRD"
-"$kubectl" apply -f crds/ >/dev/null
+"$kubectl" apply -k crds/ >/dev/null
 "$kubectl" wait --for=condition=Established --timeout=60s crd/appidentities.appidentity.dev >/dev/null
 "$kubectl" create namespace appidentity-system --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
 

@@ -17,20 +17,25 @@ kind get clusters | grep -qx "$name" || kind create cluster --name "$name" --wai
 kind get kubeconfig --name "$name" >"$kubeconfig"
 k() { kubectl --kubeconfig "$kubeconfig" "$@"; }
 
+make venv
 docker build -t "$image" .
 kind load docker-image "$image" --name "$name"
 
 # The CRD first, so that everything referring to its kind can be applied.
-k apply -f crds/
+k apply -k crds/
 k wait --for=condition=Established --timeout=60s crd/appidentities.appidentity.dev
 k apply -k deploy/
-# The suite's policy: the defaults plus cluster-wide rules for one namespace.
+# The suite's policy (tests/policy.yaml): the defaults plus cluster-wide rules for one namespace,
+# in the operator's ConfigMap and in the admission policy's clusterRulesAllowedNamespaces (index 5).
 k -n appidentity-system create configmap appidentity-policy \
   --from-file=policy.yaml=tests/policy.yaml --dry-run=client -o yaml | k apply -f -
+namespaces=$(.venv/bin/python -c 'import json,yaml; print(json.dumps(yaml.safe_load(open("tests/policy.yaml"))["clusterRules"]["allowedNamespaces"]))')
+k patch validatingadmissionpolicy appidentity-policy --type=json -p "[
+  {\"op\": \"test\", \"path\": \"/spec/variables/5/name\", \"value\": \"clusterRulesAllowedNamespaces\"},
+  {\"op\": \"replace\", \"path\": \"/spec/variables/5/expression\", \"value\": $(printf '%s' "$namespaces" | .venv/bin/python -c 'import json,sys; print(json.dumps(sys.stdin.read()))')}]"
 k -n appidentity-system rollout restart deployment/appidentity-operator
 k -n appidentity-system rollout status deployment/appidentity-operator --timeout=180s
 
-make venv
 APPID_TEST_KUBECONFIG="$kubeconfig" APPID_TEST_OPERATOR=in-cluster \
   .venv/bin/python -m pytest tests/integration "$@"
 echo "kind cluster '$name' left running; remove it with: kind delete cluster --name $name"

@@ -255,7 +255,7 @@ def kube(cluster: Cluster) -> Kube:
 
 @pytest.fixture(scope="session")
 def crd_installed(cluster: Cluster) -> None:
-    cluster.run_kubectl("apply", "-f", str(REPO / "crds"))
+    cluster.run_kubectl("apply", "-k", str(REPO / "crds"))
     cluster.run_kubectl(
         "wait",
         "--for=condition=Established",
