@@ -208,10 +208,14 @@ def identity(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def create(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
+def create(kube: Kube, obj: dict[str, Any], strict: bool = False) -> dict[str, Any]:
+    """POST the object; `strict` refuses unknown fields the way kubectl's default does."""
     meta = obj["metadata"]
     created: dict[str, Any] = kube.request(
-        "POST", path_for(obj["kind"], meta.get("namespace")), body=obj
+        "POST",
+        path_for(obj["kind"], meta.get("namespace")),
+        query={"fieldValidation": "Strict"} if strict else None,
+        body=obj,
     )
     return created
 

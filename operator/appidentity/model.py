@@ -10,13 +10,16 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -45,14 +48,29 @@ class _Model(BaseModel):
     )
 
 
+Text = Annotated[str, Field(min_length=1, max_length=253)]
+Group = Annotated[str, Field(max_length=253)]
+Verb = Annotated[str, Field(min_length=1, max_length=63)]
+Url = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+def _cluster_role_name(name: str) -> str:
+    if len(name) > 253 or not CLUSTER_ROLE_NAME.match(name):
+        raise ValueError(f"{name!r} is not a ClusterRole name")
+    return name
+
+
+ClusterRoleName = Annotated[str, AfterValidator(_cluster_role_name)]
+
+
 class Rule(_Model):
     """One RBAC PolicyRule, as written in the spec."""
 
-    api_groups: tuple[str, ...] = ()
-    resources: tuple[str, ...] = ()
-    verbs: tuple[str, ...] = Field(min_length=1, max_length=16)
-    resource_names: tuple[str, ...] = Field(default=(), max_length=64)
-    non_resource_urls: tuple[str, ...] = Field(default=(), max_length=32, alias="nonResourceURLs")
+    api_groups: tuple[Group, ...] = Field(default=(), max_length=16)
+    resources: tuple[Text, ...] = Field(default=(), max_length=32)
+    verbs: tuple[Verb, ...] = Field(min_length=1, max_length=16)
+    resource_names: tuple[Text, ...] = Field(default=(), max_length=64)
+    non_resource_urls: tuple[Url, ...] = Field(default=(), max_length=32, alias="nonResourceURLs")
 
     def to_k8s(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {"verbs": list(self.verbs)}
@@ -67,13 +85,16 @@ class Rule(_Model):
 
 
 class NamespacedRule(Rule):
-    @model_validator(mode="after")
-    def _resource_rule(self) -> NamespacedRule:
-        if self.non_resource_urls:
+    api_groups: tuple[Group, ...] = Field(min_length=1, max_length=16)
+    resources: tuple[Text, ...] = Field(min_length=1, max_length=32)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resource_rule(cls, data: Any) -> Any:
+        # Said first: a rule written for clusterRules lacks apiGroups too, but that is not news.
+        if isinstance(data, dict) and "nonResourceURLs" in data:
             raise ValueError("nonResourceURLs: only allowed in spec.clusterRules")
-        if not self.api_groups or not self.resources:
-            raise ValueError("apiGroups and resources: both are required")
-        return self
+        return data
 
 
 class ClusterRule(Rule):
@@ -89,15 +110,12 @@ class ClusterRule(Rule):
 def _cluster_role_names(v: tuple[str, ...]) -> tuple[str, ...]:
     if len(set(v)) != len(v):
         raise ValueError("duplicate entries")
-    for name in v:
-        if len(name) > 253 or not CLUSTER_ROLE_NAME.match(name):
-            raise ValueError(f"{name!r} is not a ClusterRole name")
     return v
 
 
 class ServiceAccountSpec(_Model):
     name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN.pattern)
-    automount_token: bool = False
+    automount_token: StrictBool = False
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
     annotations: dict[str, str] = Field(default_factory=dict, max_length=32)
 
@@ -105,7 +123,7 @@ class ServiceAccountSpec(_Model):
 class NamespaceGrant(_Model):
     name: str = Field(max_length=63, pattern=DNS_LABEL.pattern)
     rules: tuple[NamespacedRule, ...] = Field(default=(), max_length=32)
-    cluster_roles: tuple[str, ...] = Field(default=(), max_length=16)
+    cluster_roles: tuple[ClusterRoleName, ...] = Field(default=(), max_length=16)
 
     _roles = field_validator("cluster_roles")(_cluster_role_names)
 
@@ -119,9 +137,9 @@ class NamespaceGrant(_Model):
 class TokenSpec(_Model):
     type: Literal["Bound", "Legacy"] = "Bound"
     secret_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN.pattern)
-    expiration_seconds: int | None = Field(default=None, ge=600, le=31_536_000)
+    expiration_seconds: StrictInt | None = Field(default=None, ge=600, le=31_536_000)
     audiences: tuple[str, ...] = Field(default=(), max_length=8)
-    kubeconfig: bool = True
+    kubeconfig: StrictBool = True
 
     @model_validator(mode="after")
     def _bound_only(self) -> TokenSpec:
@@ -146,9 +164,9 @@ class AccessCheck(_Model):
 
 
 class VerificationSpec(_Model):
-    interval_seconds: int = Field(default=600, ge=30, le=86_400)
+    interval_seconds: StrictInt = Field(default=600, ge=30, le=86_400)
     must_deny: tuple[AccessCheck, ...] = Field(default=(), max_length=32)
-    allow_excess: bool = False
+    allow_excess: StrictBool = False
 
 
 class Schedule(_Model):
@@ -178,7 +196,7 @@ class Schedule(_Model):
 class AppIdentitySpec(_Model):
     service_account: ServiceAccountSpec = ServiceAccountSpec()
     rules: tuple[NamespacedRule, ...] = Field(default=(), max_length=32)
-    cluster_roles: tuple[str, ...] = Field(default=(), max_length=16)
+    cluster_roles: tuple[ClusterRoleName, ...] = Field(default=(), max_length=16)
     namespaces: tuple[NamespaceGrant, ...] = Field(default=(), max_length=32)
     cluster_rules: tuple[ClusterRule, ...] = Field(default=(), max_length=32)
     token: TokenSpec = TokenSpec()

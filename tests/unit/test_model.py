@@ -72,9 +72,7 @@ def test_non_resource_urls_refused_in_namespace_grant_rules(body: BodyFactory) -
 
 def test_namespaced_rule_needs_api_groups_and_resources(body: BodyFactory) -> None:
     rule = {"resources": ["pods"], "verbs": ["get"]}
-    assert problems_of(body({"rules": [rule]})) == [
-        "spec.rules[0]: apiGroups and resources: both are required"
-    ]
+    assert problems_of(body({"rules": [rule]})) == ["spec.rules[0].apiGroups: Field required"]
 
 
 def test_cluster_rule_mixing_non_resource_urls_and_resources_is_refused(
@@ -295,12 +293,11 @@ def test_unknown_fields_are_refused_by_path(
         ({"rules": "pods"}, "spec.rules: Input should be a valid tuple"),
         (
             {"rules": [POD_READER], "token": {"kubeconfig": "maybe"}},
-            "spec.token.kubeconfig: Input should be a valid boolean, unable to interpret input",
+            "spec.token.kubeconfig: Input should be a valid boolean",
         ),
         (
             {"rules": [POD_READER], "token": {"expirationSeconds": "soon"}},
-            "spec.token.expirationSeconds: Input should be a valid integer, "
-            "unable to parse string as an integer",
+            "spec.token.expirationSeconds: Input should be a valid integer",
         ),
         (
             {"rules": [POD_READER], "verification": {"intervalSeconds": 10}},
@@ -443,10 +440,10 @@ def test_namespace_grant_that_grants_nothing_is_refused(body: BodyFactory) -> No
 @pytest.mark.parametrize(
     ("roles", "problem"),
     [
-        (["View!"], "spec.clusterRoles: 'View!' is not a ClusterRole name"),
-        (["view", "Admin"], "spec.clusterRoles: 'Admin' is not a ClusterRole name"),
+        (["View!"], "spec.clusterRoles[0]: 'View!' is not a ClusterRole name"),
+        (["view", "Admin"], "spec.clusterRoles[1]: 'Admin' is not a ClusterRole name"),
         (["view", "view"], "spec.clusterRoles: duplicate entries"),
-        ([":view"], "spec.clusterRoles: ':view' is not a ClusterRole name"),
+        ([":view"], "spec.clusterRoles[0]: ':view' is not a ClusterRole name"),
     ],
 )
 def test_bad_cluster_role_names_are_refused(
@@ -458,7 +455,7 @@ def test_bad_cluster_role_names_are_refused(
 def test_bad_cluster_role_name_in_namespace_grant_is_refused(body: BodyFactory) -> None:
     spec = {"namespaces": [{"name": "team-b", "clusterRoles": ["Bad"]}]}
     assert problems_of(body(spec)) == [
-        "spec.namespaces[0].clusterRoles: 'Bad' is not a ClusterRole name"
+        "spec.namespaces[0].clusterRoles[0]: 'Bad' is not a ClusterRole name"
     ]
 
 
