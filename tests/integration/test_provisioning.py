@@ -324,3 +324,43 @@ def test_invalid_spec_is_refused_at_admission_naming_the_field(
         create(kube, identity("bad", namespace, **spec))
     assert refused.value.status == 422
     assert message in refused.value.message
+
+
+def test_a_managed_binding_recreated_with_another_role_ref_is_replaced(
+    kube: Kube, namespace: str, operator: Operator | InClusterOperator
+) -> None:
+    """roleRef is immutable, so repairing it means deleting and re-creating the binding."""
+    create(kube, identity("reffed", namespace, rules=[READ_CONFIGMAPS]))
+    wait_ready(kube, namespace, "reffed")
+    binding = kube.get("RoleBinding", namespace, "reffed") or {}
+    operator.stop()
+    try:
+        kube.delete("RoleBinding", namespace, "reffed")
+        wait_until(lambda: kube.get("RoleBinding", namespace, "reffed") is None, 30, "deletion")
+        create(
+            kube,
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {
+                    "name": "reffed",
+                    "namespace": namespace,
+                    "labels": binding["metadata"]["labels"],
+                },
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "edit",
+                },
+                "subjects": binding["subjects"],
+            },
+        )
+    finally:
+        operator.start()
+
+    def restored() -> bool:
+        found = kube.get("RoleBinding", namespace, "reffed") or {}
+        return found.get("roleRef", {}).get("name") == "reffed"
+
+    wait_until(restored, 30, "the binding to point at the identity's Role again")
+    wait_ready(kube, namespace, "reffed")
