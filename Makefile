@@ -10,6 +10,7 @@ PY      := $(VENV)/bin/python
 KUBECTL := bin/kubectl
 STATE   := .state/cluster
 PYTEST_ARGS ?=
+PY_DIRS := $(wildcard operator tests bench)
 
 .PHONY: help deps system-deps venv control-plane cluster cluster-down install run demo demo-down \
         test unit integration lint fmt render install.yaml bench chaos e2e-kind
@@ -58,13 +59,13 @@ demo-down: ## stop what `make demo` started
 	@bash hack/demo.sh down
 
 lint: venv ## ruff, ruff format --check, mypy --strict
-	$(VENV)/bin/ruff check operator tests bench
-	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/ruff check $(PY_DIRS)
+	$(VENV)/bin/ruff format --check $(PY_DIRS)
 	$(VENV)/bin/mypy
 
 fmt: venv
-	$(VENV)/bin/ruff format operator tests bench
-	$(VENV)/bin/ruff check --fix operator tests bench
+	$(VENV)/bin/ruff format $(PY_DIRS)
+	$(VENV)/bin/ruff check --fix $(PY_DIRS)
 
 unit: venv ## unit tests of the pure logic (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
