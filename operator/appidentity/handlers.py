@@ -278,7 +278,9 @@ def _child_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
         if event.get("type") == "DELETED":
             RUNTIME.children.pop(key, None)
         else:
-            RUNTIME.children[key] = copy.deepcopy(dict(body))
+            cached = copy.deepcopy(dict(body))
+            cached["metadata"].pop("managedFields", None)  # the bulk of it, never compared
+            RUNTIME.children[key] = cached
     tracked = REGISTRY.find(owner)
     wanted = tracked.memory.desired.get(key) if tracked else None
     if wanted is None:

@@ -19,7 +19,9 @@ from .jwt import JwtResult, key_id, verify_token
 from .plan import Check, Plan
 from .rbac import Request, RuleDict, covered, excess, requests_of, rules_hash
 
-WORKERS = 4
+# Access reviews of all identities share one small pool: a pool per verification cost more
+# in thread start-up than the reviews' own work.
+REVIEWS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="review")
 OPENID_TTL = 600.0
 
 
@@ -158,8 +160,7 @@ def verify(
     if out.authenticated_as != identity.subject:
         out.error = f"the token authenticates as {out.authenticated_as!r}, not {identity.subject!r}"
         return out
-    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        out.results = list(pool.map(lambda c: _ask(http, c), [*plan.allowed, *plan.denied]))
+    out.results = list(REVIEWS.map(lambda c: _ask(http, c), [*plan.allowed, *plan.denied]))
     out.results += _real_requests(http, plan)
     effective_by_ns: dict[str, list[RuleDict]] = {}
     for ns in plan.namespaces:
