@@ -80,6 +80,10 @@ render: venv ## print what the examples would create (no cluster needed)
 install.yaml: control-plane ## regenerate deploy/install.yaml from the kustomization
 	$(KUBECTL) kustomize deploy/ > deploy/install.yaml
 
+N ?= 1,100,1000
+bench: deps ## time to Ready, API requests, memory, restart; vs kubectl and a plain client (N=1,100,1000)
+	$(PY) bench/run.py --n $(N)
+
 chaos: deps ## the fault suite in full: 50 identities, 20 SIGKILLs, 10 repairs per kind
 	APPID_CHAOS_IDENTITIES=50 APPID_CHAOS_KILLS=20 APPID_CHAOS_REPEATS=10 \
 	  $(PY) -m pytest tests/chaos -v $(PYTEST_ARGS)
