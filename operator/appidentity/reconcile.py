@@ -429,6 +429,9 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
     except Conflict as exc:
         return _stop(body, now, "Conflict", str(exc), "Conflict")
 
+    # Recorded before applying, so the watch events of the operator's own writes match what
+    # it wants and do not wake the identity again.
+    mem.desired = {build.object_key(o): o for o in want.objects}
     applied = {}
     for obj in want.objects:
         key = build.object_key(obj)
@@ -451,7 +454,6 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
                 f"the API server refused {where}: {exc.message}",
                 "ApplyRefused",
             )
-    mem.desired = {build.object_key(o): o for o in want.objects}
     mem.namespace = identity.namespace
     mem.service_account = identity.service_account
     mem.grant_namespaces = set(identity.grant_namespaces)
