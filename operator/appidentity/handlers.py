@@ -213,6 +213,10 @@ def _cycle(rt: Runtime, body: dict[str, Any], tracked: Tracked) -> float:
     seconds until the identity needs attention again."""
     key = _key(body)
     started = time.monotonic()
+    if tracked.last_written is not None:
+        # The watch may not have delivered our own last status write yet; comparing against a
+        # stale status would repeat Events and reset transition times.
+        body = {**body, "status": tracked.last_written}
     try:
         result = reconcile(rt, body, tracked.memory, utcnow())
         _publish(rt, body, tracked, result)
