@@ -44,6 +44,9 @@ def _setup_logging(fmt: str, verbose: bool) -> None:
     # The HTTP libraries log request details at DEBUG; keep them quiet even with --verbose.
     for noisy in ("urllib3", "kubernetes", "aiohttp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        # kopf logs every handler run ("Handler ... succeeded"): ~10 lines an identity.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -60,6 +60,7 @@ class Tracked:
     poke: asyncio.Event = field(default_factory=asyncio.Event)  # set only from the event loop
     drift: list[str] = field(default_factory=list)
     last_written: dict[str, Any] | None = None
+    generation: int | None = None  # the AppIdentity generation its last wake-up was for
 
 
 class Registry:
@@ -161,7 +162,15 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def identity_changed(body: kopf.Body, **_: Any) -> None:
-    REGISTRY.poke(_key(body))
+    """Wakes the identity for a new spec or its deletion, not for status and metadata writes
+    (the operator's own, kopf's): those would only repeat a reconcile."""
+    tracked = REGISTRY.find(_key(body))
+    meta = body.get("metadata", {})
+    generation = meta.get("generation")
+    if tracked is None or (generation == tracked.generation and not meta.get("deletionTimestamp")):
+        return
+    tracked.generation = generation
+    tracked.poke.set()
 
 
 def _publish(rt: Runtime, body: Mapping[str, Any], tracked: Tracked, result: Result) -> None:
@@ -181,22 +190,23 @@ def _publish(rt: Runtime, body: Mapping[str, Any], tracked: Tracked, result: Res
     last = (
         tracked.last_written if tracked.last_written is not None else dict(body.get("status") or {})
     )
-    if _needs_write(last, result.status):
+    interval = ((body.get("spec") or {}).get("verification") or {}).get("intervalSeconds", 600)
+    if _needs_write(last, result.status, float(interval)):
         rt.kube.patch_status(ns, name, result.status)
         tracked.last_written = result.status
     _export(ns, name, result.status)
 
 
-def _needs_write(last: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """A re-check that found nothing new is written only when the last written check is old:
-    a restart re-proves every identity without rewriting every status."""
+def _needs_write(last: Mapping[str, Any], new: Mapping[str, Any], interval: float) -> bool:
+    """A re-check that found nothing new is written only once the written one is an interval
+    old: a restart re-proves every identity without rewriting every status."""
     if without_timestamps(last) != without_timestamps(new):
         return True
     before = (last.get("verification") or {}).get("checkedAt")
     after = (new.get("verification") or {}).get("checkedAt")
     if before == after or not before or not after:
         return before != after
-    return bool((parse_time(after) - parse_time(before)).total_seconds() >= 300)
+    return bool((parse_time(after) - parse_time(before)).total_seconds() >= 0.9 * interval)
 
 
 def _export(ns: str, name: str, status: Mapping[str, Any]) -> None:

@@ -270,8 +270,8 @@ def _bound_token(
         st.Condition(
             st.TOKEN_ISSUED,
             True,
-            "TokenIssued",
-            f"Bound token issued, valid until {rfc3339(expires)}",
+            "TokenValid",  # the same words as for a kept token: no status write just for wording
+            f"Bound token valid until {rfc3339(expires)}",
         ),
         token=token,
         audiences=audiences,
