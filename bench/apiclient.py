@@ -254,6 +254,20 @@ _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
+REQUEST_LABELS = ("verb", "group", "resource", "subresource")
+
+
+def _sum_by(
+    series: list[tuple[dict[str, str], float]], label_names: tuple[str, ...]
+) -> dict[tuple[str, ...], float]:
+    """Adds up a metric's samples by the given labels (the rest, e.g. code or scope, folded)."""
+    out: dict[tuple[str, ...], float] = {}
+    for labels, value in series:
+        key = tuple(labels.get(n, "") for n in label_names)
+        out[key] = out.get(key, 0.0) + value
+    return out
+
+
 def parse_metrics(text: str, names: Iterable[str]) -> dict[str, list[tuple[dict[str, str], float]]]:
     wanted = set(names)
     out: dict[str, list[tuple[dict[str, str], float]]] = {n: [] for n in wanted}
@@ -310,29 +324,10 @@ class ServerCounters:
                 "apiserver_request_duration_seconds_sum",
             ),
         )
-        reqs: dict[Key, float] = {}
-        for labels, value in parsed["apiserver_request_total"]:
-            key = (
-                labels.get("verb", ""),
-                labels.get("group", ""),
-                labels.get("resource", ""),
-                labels.get("subresource", ""),
-            )
-            reqs[key] = reqs.get(key, 0.0) + value
-        storage: dict[tuple[str, str], float] = {}
-        for labels, value in parsed["etcd_requests_total"]:
-            skey = (labels.get("operation", ""), labels.get("resource", ""))
-            storage[skey] = storage.get(skey, 0.0) + value
-        seconds: dict[Key, float] = {}
-        for labels, value in parsed["apiserver_request_duration_seconds_sum"]:
-            key = (
-                labels.get("verb", ""),
-                labels.get("group", ""),
-                labels.get("resource", ""),
-                labels.get("subresource", ""),
-            )
-            seconds[key] = seconds.get(key, 0.0) + value
-        return cls(reqs, storage, at, seconds)
+        reqs = _sum_by(parsed["apiserver_request_total"], REQUEST_LABELS)
+        storage = _sum_by(parsed["etcd_requests_total"], ("operation", "resource"))
+        seconds = _sum_by(parsed["apiserver_request_duration_seconds_sum"], REQUEST_LABELS)
+        return cls(reqs, storage, at, seconds)  # type: ignore[arg-type]
 
 
 STORAGE_WRITES = frozenset({"create", "update", "delete"})
