@@ -359,9 +359,15 @@ async def cluster_role_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) ->
 
 
 @kopf.on.event("v1", "namespaces")
-async def namespace_event(body: kopf.Body, **_: Any) -> None:
+async def namespace_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """Consent is given or withdrawn on the namespace: identities granting into it look again."""
-    name = body.get("metadata", {}).get("name")
+    meta = body.get("metadata", {})
+    name = meta.get("name")
+    if RUNTIME is not None:
+        if event.get("type") == "DELETED":
+            RUNTIME.namespaces.pop(name, None)
+        else:
+            RUNTIME.namespaces[name] = dict(meta.get("annotations") or {})
     for key, tracked in REGISTRY.items():
         if name in tracked.memory.grant_namespaces:
             REGISTRY.poke(key, verify=True)

@@ -54,6 +54,8 @@ class Runtime:
     # Managed children as the watches last saw them: lets a reconcile skip applies that would
     # change nothing, so a restarted operator with nothing drifted writes nothing.
     children: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    # Namespace name -> its annotations, as watched (consent lives there); absent = not yet seen.
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,11 +116,17 @@ def _stop(body: Mapping[str, Any], now: datetime, reason: str, message: str, eve
 
 
 def consenting_namespaces(rt: Runtime, identity: Identity) -> set[str]:
+    """Namespaces that accept this identity's grants: from the namespace watch, with a GET only
+    for a namespace the watch has not delivered yet."""
     out = set()
     for ns in identity.grant_namespaces:
-        found = rt.kube.get("Namespace", None, ns)
-        annotations = (found or {}).get("metadata", {}).get("annotations") or {}
-        if found and build.consents(annotations, identity.namespace):
+        annotations = rt.namespaces.get(ns)
+        if annotations is None:
+            found = rt.kube.get("Namespace", None, ns)
+            if found is None:
+                continue
+            annotations = found.get("metadata", {}).get("annotations") or {}
+        if build.consents(annotations, identity.namespace):
             out.add(ns)
     return out
 
