@@ -9,7 +9,6 @@ what the identity's token may do.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import threading
 import time
@@ -60,7 +59,7 @@ class Tracked:
     poke: asyncio.Event = field(default_factory=asyncio.Event)  # set only from the event loop
     drift: list[str] = field(default_factory=list)
     last_written: dict[str, Any] | None = None
-    generation: int | None = None  # the AppIdentity generation its last wake-up was for
+    generation: int | None = None  # the AppIdentity generation last reconciled or poked for
 
 
 class Registry:
@@ -110,15 +109,29 @@ def _runtime() -> Runtime:
     return RUNTIME
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's diff-base serves create/update/resume handlers; this operator has none (its
+    daemons read the live object, deletion is the only changing handler). Storing nothing
+    spares a patch of every new AppIdentity, and building nothing spares a deep copy of every
+    object of every watched kind on every event."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     global RUNTIME, POOL
     POOL = ThreadPoolExecutor(max_workers=OPTIONS.workers, thread_name_prefix="reconcile")
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     # kopf turns log lines into Events; ours are posted explicitly, so only failures of kopf
     # itself become Events (their texts are exception messages, which never hold a token).
     settings.posting.level = logging.ERROR
@@ -256,9 +269,10 @@ async def identity_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any
     try:
         while not stopped:
             tracked.poke.clear()
-            snapshot = copy.deepcopy(dict(body))
+            snapshot = dict(body)  # kopf replaces the live body's dict, never edits it in place
             if snapshot["metadata"].get("deletionTimestamp"):
                 return
+            tracked.generation = snapshot["metadata"].get("generation")
             wait = await loop.run_in_executor(POOL, _cycle, rt, snapshot, tracked)
             poke = asyncio.ensure_future(tracked.poke.wait())
             await asyncio.wait({poke, stop}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
@@ -280,6 +294,14 @@ def identity_deleted(body: kopf.Body, **_: Any) -> None:
 # --- children and RBAC: wake the identity whose rights may have changed ----------------------
 
 
+def _listed(event: Mapping[str, Any]) -> bool:
+    """kopf delivers a watch's initial listing as events without a type. At start-up every
+    identity's first reconcile re-proves it in full, so a listed binding, ClusterRole or
+    namespace is no reason to ask again; only a child that differs from what its identity
+    wants is."""
+    return event.get("type") is None
+
+
 def _child_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
     """Pokes the owning identity when one of its children was deleted or no longer says what
     the operator applied. Returns whether the object was a managed child."""
@@ -292,13 +314,15 @@ def _child_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
         if event.get("type") == "DELETED":
             RUNTIME.children.pop(key, None)
         else:
-            cached = copy.deepcopy(dict(body))
-            cached["metadata"].pop("managedFields", None)  # the bulk of it, never compared
-            RUNTIME.children[key] = cached
+            # A shallow copy is enough: kopf replaces an object's dict on every event and never
+            # changes one in place. managedFields is the bulk of it and never compared.
+            meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+            RUNTIME.children[key] = {**body, "metadata": meta}
     tracked = REGISTRY.find(owner)
     wanted = tracked.memory.desired.get(key) if tracked else None
     if wanted is None:
-        REGISTRY.poke(owner)
+        if not _listed(event):  # a listing precedes the identity's first reconcile anyway
+            REGISTRY.poke(owner)
         return True
     what = f"{key[0]} {key[1] + '/' if key[1] else ''}{key[2]}"
     if event.get("type") == "DELETED":
@@ -333,7 +357,7 @@ async def role_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
 
 
 def _binding_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> None:
-    if not _child_event(event, body):
+    if not _child_event(event, body) and not _listed(event):
         for key in _subject_keys(body.get("subjects")):
             REGISTRY.poke(key, verify=True)
 
@@ -350,7 +374,7 @@ async def cluster_role_binding_event(event: kopf.RawEvent, body: kopf.Body, **_:
 
 @kopf.on.event(RBAC, "v1", "clusterroles")
 async def cluster_role_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-    if _child_event(event, body):
+    if _child_event(event, body) or _listed(event):
         return
     name = body.get("metadata", {}).get("name")
     for key, tracked in REGISTRY.items():
@@ -368,6 +392,8 @@ async def namespace_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> No
             RUNTIME.namespaces.pop(name, None)
         else:
             RUNTIME.namespaces[name] = dict(meta.get("annotations") or {})
+    if _listed(event):
+        return
     for key, tracked in REGISTRY.items():
         if name in tracked.memory.grant_namespaces:
             REGISTRY.poke(key, verify=True)
