@@ -32,7 +32,7 @@ from .model import (
 from .policy import Policy, check
 from .verify.baseline import Baseline
 from .verify.plan import Plan, build_plan
-from .verify.run import OpenIdCache, Verification, verify
+from .verify.run import ClusterFacts, Verification, verify
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # RBAC propagation lag before a failure is declared
@@ -49,7 +49,7 @@ class Runtime:
     kube: Kube
     policy: Policy
     baseline: Baseline
-    openid: OpenIdCache = field(default_factory=OpenIdCache)
+    facts: ClusterFacts = field(default_factory=ClusterFacts)
     secret_poll_seconds: float = 30.0
     # Managed children as the watches last saw them: lets a reconcile skip applies that would
     # change nothing, so a restarted operator with nothing drifted writes nothing.
@@ -96,6 +96,10 @@ class Conflict(Exception):
     pass
 
 
+class ApplyRefused(Exception):
+    pass
+
+
 def _now_text(now: datetime) -> str:
     return rfc3339(now)
 
@@ -135,27 +139,64 @@ def _is_ours(identity: Identity, obj: Mapping[str, Any]) -> bool:
     return bool((obj.get("metadata", {}).get("labels") or {}).get(IDENTITY_LABEL) == identity.key)
 
 
+def _foreign(identity: Identity, found: Mapping[tuple[str, str, str], Any]) -> Conflict | None:
+    names = [
+        f"{k[0]} {k[1] + '/' if k[1] else ''}{k[2]}"
+        for k, obj in found.items()
+        if obj is not None and not _is_ours(identity, obj)
+    ]
+    if not names:
+        return None
+    return Conflict(
+        "these objects exist and were not created for this identity, so they are left "
+        "untouched: " + ", ".join(names)
+    )
+
+
 def _live(
-    rt: Runtime, identity: Identity, keys: list[tuple[str, str, str]]
+    rt: Runtime, identity: Identity, keys: list[tuple[str, str, str]], new: bool
 ) -> dict[tuple[str, str, str], dict[str, Any] | None]:
-    """What exists now under each name: the watch cache where it has the object, else a GET.
+    """What exists now under each name: the watch cache where it has the object; else, for a
+    new identity, presumably nothing (its creates will tell, see `_create`); else a GET.
     Refuses (Conflict) when an object of the same name was not created for this identity."""
     found = {}
     for key in keys:
         kind, ns, name = key
         cached = rt.children.get(key)
-        found[key] = cached if cached is not None else rt.kube.get(kind, ns or None, name)
-    foreign = [
-        f"{k[0]} {k[1] + '/' if k[1] else ''}{k[2]}"
-        for k, obj in found.items()
-        if obj is not None and not _is_ours(identity, obj)
-    ]
-    if foreign:
-        raise Conflict(
-            "these objects exist and were not created for this identity, so they are left "
-            "untouched: " + ", ".join(foreign)
-        )
+        if cached is None and not new:
+            cached = rt.kube.get(kind, ns or None, name)
+        found[key] = cached
+    conflict = _foreign(identity, found)
+    if conflict:
+        raise conflict
     return found
+
+
+def _create(
+    rt: Runtime, identity: Identity, obj: dict[str, Any], created: list[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, bool]:
+    """Creates an object believed absent: (it, True), also recorded in `created`. If it exists
+    after all: Conflict when it is not this identity's, else (what exists or None, False)."""
+    try:
+        out = rt.kube.create(obj)
+        created.append(out)
+        return out, True
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+    key = build.object_key(obj)
+    found = rt.kube.get(key[0], key[1] or None, key[2])
+    conflict = _foreign(identity, {key: found})
+    if conflict:
+        raise conflict
+    return found, False
+
+
+def _undo(rt: Runtime, created: list[dict[str, Any]]) -> None:
+    """Removes what this reconcile created before it met a conflict: nothing half-applied."""
+    for obj in reversed(created):
+        meta = obj["metadata"]
+        rt.kube.delete(obj["kind"], meta.get("namespace"), meta["name"], meta.get("uid"))
 
 
 def _already_pruned(identity: Identity, previous: Mapping[str, Any]) -> tuple[int, bool] | None:
@@ -185,6 +226,37 @@ def _apply(rt: Runtime, obj: dict[str, Any]) -> dict[str, Any]:
             rt.kube.delete(obj["kind"], meta.get("namespace"), meta["name"])
             return rt.kube.apply(obj)
         raise
+
+
+def _write(
+    rt: Runtime,
+    identity: Identity,
+    objects: list[dict[str, Any]],
+    live: Mapping[tuple[str, str, str], dict[str, Any] | None],
+    created: list[dict[str, Any]],
+) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Creates what is missing and applies what differs; what is already as desired costs no
+    request at all."""
+    applied = {}
+    for obj in objects:
+        key = build.object_key(obj)
+        current = live[key]
+        try:
+            made = False
+            if current is None:
+                current, made = _create(rt, identity, obj, created)
+            if current is not None and (made or build.is_subset(obj, current)):
+                applied[key] = current
+                continue
+            applied[key] = _apply(rt, obj)
+        except ApiError as exc:
+            if exc.status not in (403, 422):
+                raise
+            # e.g. RBAC escalation prevention: the operator does not hold what it would grant.
+            kind, ns, name = key
+            where = f"{kind} {ns + '/' if ns else ''}{name}"
+            raise ApplyRefused(f"the API server refused {where}: {exc.message}") from exc
+    return applied
 
 
 def _prune(
@@ -236,7 +308,7 @@ def _bound_token(
     now: datetime,
 ) -> TokenState:
     ns, name = identity.namespace, identity.secret_name
-    if secret is None:
+    if secret is None:  # it vanished since this reconcile created or read it
         secret = rt.kube.apply(build.token_secret(identity))
     sa_uid = sa["metadata"]["uid"]
     why = tokens.why_mint(identity, secret, sa_uid, now)
@@ -295,10 +367,21 @@ def _audiences_of(secret: Mapping[str, Any]) -> list[str]:
     return [a for a in raw.split(",") if a]
 
 
+def _first_secret(rt: Runtime, identity: Identity) -> dict[str, Any]:
+    """The token Secret as it is created, before any token is in it."""
+    if identity.spec.token.type == "Bound":
+        return build.token_secret(identity)
+    return _legacy_secret(rt, identity, None)
+
+
+def _legacy_secret(rt: Runtime, identity: Identity, token: str | None) -> dict[str, Any]:
+    material = build.TokenMaterial("", "never", rt.kube.ca_crt, rt.kube.public_server)
+    return build.token_secret(identity, material, legacy_token=token)
+
+
 def _legacy_token(rt: Runtime, identity: Identity, secret: dict[str, Any] | None) -> TokenState:
     token = tokens.secret_token(secret)
-    material = build.TokenMaterial("", "never", rt.kube.ca_crt, rt.kube.public_server)
-    want = build.token_secret(identity, material, legacy_token=token)
+    want = _legacy_secret(rt, identity, token)
     if secret is None or not build.is_subset(want, secret):
         secret = rt.kube.apply(want)
     if token is None:
@@ -349,7 +432,7 @@ def prove(
     """The self-check: plan from the spec and the named ClusterRoles, asked with the token."""
     plan = build_plan(identity, consenting, _cluster_role_rules(rt, identity))
     http = rt.kube.token_client(token)
-    return plan, verify(http, identity, plan, token, audiences, rt.baseline, rt.openid)
+    return plan, verify(http, identity, plan, token, audiences, rt.baseline, rt.facts)
 
 
 def stored_token(rt: Runtime, identity: Identity) -> tuple[str | None, list[str]]:
@@ -432,36 +515,21 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
     consenting = consenting_namespaces(rt, identity)
     want = build.desired_state(identity, consenting, active)
     secret_key = ("Secret", identity.namespace, identity.secret_name)
+    keys = [build.object_key(o) for o in want.objects] + [secret_key]
+    created: list[dict[str, Any]] = []
     try:
-        live = _live(rt, identity, [build.object_key(o) for o in want.objects] + [secret_key])
+        live = _live(rt, identity, keys, new=not previous)
+        # Recorded before applying, so the watch events of the operator's own writes match
+        # what it wants and do not wake the identity again.
+        mem.desired = {build.object_key(o): o for o in want.objects}
+        applied = _write(rt, identity, want.objects, live, created)
+        if active and live[secret_key] is None:
+            live[secret_key] = _create(rt, identity, _first_secret(rt, identity), created)[0]
     except Conflict as exc:
+        _undo(rt, created)
         return _stop(body, now, "Conflict", str(exc), "Conflict")
-
-    # Recorded before applying, so the watch events of the operator's own writes match what
-    # it wants and do not wake the identity again.
-    mem.desired = {build.object_key(o): o for o in want.objects}
-    applied = {}
-    for obj in want.objects:
-        key = build.object_key(obj)
-        current = live[key]
-        if current is not None and build.is_subset(obj, current):
-            applied[key] = current  # already as desired: no request at all
-            continue
-        try:
-            applied[key] = _apply(rt, obj)
-        except ApiError as exc:
-            if exc.status not in (403, 422):
-                raise
-            # e.g. RBAC escalation prevention: the operator does not hold what it would grant.
-            kind, ns, name = build.object_key(obj)
-            where = f"{kind} {ns + '/' if ns else ''}{name}"
-            return _stop(
-                body,
-                now,
-                "ApplyRefused",
-                f"the API server refused {where}: {exc.message}",
-                "ApplyRefused",
-            )
+    except ApplyRefused as exc:
+        return _stop(body, now, "ApplyRefused", str(exc), "ApplyRefused")
     mem.namespace = identity.namespace
     mem.service_account = identity.service_account
     mem.grant_namespaces = set(identity.grant_namespaces)
@@ -546,7 +614,9 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
         if identity.spec.token.type == "Bound"
         else _legacy_token(rt, identity, live[secret_key])
     )
-    if token.issued:
+    # The first token of an identity is part of its provisioning, which its first outcome Event
+    # reports; later ones (rotation, repair) get an Event of their own.
+    if token.issued and (previous.get("token") or {}).get("expiresAt"):
         events.append(
             Event(
                 "Normal",
@@ -554,6 +624,7 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
                 f"new token minted ({token.why}), valid until {token.expires_at}",
             )
         )
+    if token.issued:
         mem.verify_soon = True
     if token.token is None:
         return _finish(

@@ -186,6 +186,28 @@ def test_foreign_service_account_of_the_same_name_is_reported_and_untouched(
     assert kube.get("Role", namespace, "taken") is None
 
 
+def test_a_foreign_token_secret_leaves_nothing_behind(kube: Kube, namespace: str) -> None:
+    """A new identity creates its children without reading first; the Secret comes last, so
+    finding it taken means undoing the ServiceAccount, Role and RoleBinding just created."""
+    create(
+        kube,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "late-token", "namespace": namespace},
+            "stringData": {"note": "someone else's"},
+        },
+    )
+    create(kube, identity("late", namespace, rules=[READ_CONFIGMAPS]))
+    obj = wait_reason(kube, namespace, "late", "Conflict", type_="Provisioned")
+    assert "Secret" in condition(obj, "Provisioned")["message"]
+    for kind in ("ServiceAccount", "Role", "RoleBinding"):
+        wait_until(lambda k=kind: kube.get(k, namespace, "late") is None, 30, f"{kind} undone")
+    secret = kube.get("Secret", namespace, "late-token") or {}
+    assert "labels" not in secret["metadata"]
+    assert secret["data"] == {"note": "c29tZW9uZSBlbHNlJ3M="}
+
+
 def test_grants_in_another_namespace_need_its_consent(
     kube: Kube, namespace: str, make_namespace: Callable[[], str]
 ) -> None:

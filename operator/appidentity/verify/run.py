@@ -22,7 +22,8 @@ from .rbac import Request, RuleDict, covered, excess, requests_of, rules_hash
 # Access reviews of all identities share one small pool: a pool per verification cost more
 # in thread start-up than the reviews' own work.
 REVIEWS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="review")
-OPENID_TTL = 600.0
+FACTS_TTL = 600.0
+VERSIONS_RETRY = 5.0  # a grant for an API the cluster does not serve re-reads this often
 
 
 @dataclass(frozen=True)
@@ -72,25 +73,48 @@ class Verification:
         return sum(1 for r in self.results if r.passed and r.expected_allowed == allowed)
 
 
-class OpenIdCache:
-    """The issuer's discovery document and keys, shared by every verification of the process
-    and fetched again when a token names a key id that is not in the cached set."""
+class ClusterFacts:
+    """What every verification of the process shares and the cluster rarely changes: the
+    issuer's discovery document and keys, and the API groups' preferred versions. Each is read
+    again when older than `ttl`, or sooner when it cannot answer (a token names a key id that is
+    not in the cached keys; a grant names an API group the cached discovery does not have)."""
 
-    def __init__(self, ttl: float = OPENID_TTL) -> None:
+    def __init__(self, ttl: float = FACTS_TTL) -> None:
         self._lock = threading.Lock()
-        self._value: tuple[str, dict[str, Any]] | None = None
-        self._fetched = 0.0
         self._ttl = ttl
+        self._values: dict[str, tuple[float, Any]] = {}
 
-    def get(self, http: Http, kid: str) -> tuple[str, dict[str, Any]]:
+    def _get(
+        self,
+        name: str,
+        fetch: Callable[[], Any],
+        answers: Callable[[Any], bool],
+        retry_after: float = 0.0,
+    ) -> Any:
+        """The cached value, fetched anew when older than the ttl, or when it does not answer
+        and is at least `retry_after` seconds old."""
         with self._lock:
-            fresh = self._value and time.monotonic() - self._fetched < self._ttl
-            known = self._value and any(k.get("kid") == kid for k in self._value[1].get("keys", []))
-            if not (fresh and known):
-                self._value = http.openid()
-                self._fetched = time.monotonic()
-            assert self._value is not None
-            return self._value
+            now = time.monotonic()
+            fetched, value = self._values.get(name, (0.0, None))
+            age = now - fetched
+            if value is None or age >= self._ttl or (age >= retry_after and not answers(value)):
+                value = fetch()
+                self._values[name] = (now, value)
+            return value
+
+    def openid(self, http: Http, kid: str) -> tuple[str, dict[str, Any]]:
+        """(issuer, JWKS), holding the key `kid` unless the API server does not publish it."""
+        value: tuple[str, dict[str, Any]] = self._get(
+            "openid", http.openid, lambda v: any(k.get("kid") == kid for k in v[1].get("keys", []))
+        )
+        return value
+
+    def versions(self, http: Http, groups: set[str]) -> dict[str, str]:
+        """API group -> preferred group/version, holding `groups` unless the cluster lacks one."""
+        value: dict[str, str] = self._get(
+            "versions", http.preferred_versions, lambda v: groups <= v.keys(), VERSIONS_RETRY
+        )
+        return value
 
 
 BaselineRules = Callable[[str], Sequence[RuleDict]]
@@ -103,13 +127,13 @@ def _ask(http: Http, check: Check) -> CheckResult:
     )
 
 
-def _real_requests(http: Http, plan: Plan) -> list[CheckResult]:
+def _real_requests(http: Http, plan: Plan, facts: ClusterFacts) -> list[CheckResult]:
     wanted = [(r, True) for r in plan.real_reads]
     if plan.real_denied:
         wanted.append((plan.real_denied, False))
     if not wanted:
         return []
-    versions = http.preferred_versions()
+    versions = facts.versions(http, {req.group for req, _ in wanted})
     out = []
     for req, expect in wanted:
         if req.group not in versions:
@@ -149,7 +173,7 @@ def verify(
     token: str,
     audiences: Sequence[str],
     baseline: BaselineRules,
-    openid: OpenIdCache,
+    facts: ClusterFacts,
 ) -> Verification:
     out = Verification()
     try:
@@ -161,7 +185,7 @@ def verify(
         out.error = f"the token authenticates as {out.authenticated_as!r}, not {identity.subject!r}"
         return out
     out.results = list(REVIEWS.map(lambda c: _ask(http, c), [*plan.allowed, *plan.denied]))
-    out.results += _real_requests(http, plan)
+    out.results += _real_requests(http, plan, facts)
     effective_by_ns: dict[str, list[RuleDict]] = {}
     for ns in plan.namespaces:
         found, incomplete = http.rules_review(ns)
@@ -173,7 +197,7 @@ def verify(
         out.results += _grant_coverage(plan, effective, ns)
     out.rules_hash = rules_hash(effective_by_ns)
     try:
-        issuer, jwks = openid.get(http, key_id(token))
+        issuer, jwks = facts.openid(http, key_id(token))
     except ApiError as exc:
         out.jwt = JwtResult(False, f"could not read the issuer's keys: {exc}")
         return out
