@@ -64,6 +64,8 @@ RESULTS = REPO / "bench" / "results"
 OPERATOR_NS = "appidentity-system"
 RUN_LABEL = "bench.appidentity.dev/run"
 AI_PATH = "/apis/appidentity.dev/v1alpha1"
+ADMISSION_FILES = ("admission-policy.yaml", "finalizer-policy.yaml")
+FINALIZER = "appidentity.dev/finalizer"
 MIB = 1024 * 1024
 
 TARGETS = {
@@ -200,12 +202,16 @@ def strip_finalizers(api: Api, selector: str, workers: int) -> int:
     return len(items)
 
 
-def install_crd(kubeconfig: str, api: Api) -> None:
+def install_api(kubeconfig: str, api: Api) -> None:
+    """What `kubectl apply -k deploy/` puts in front of the operator: the CRD and both admission
+    policies (spec validation, and the finalizer added at creation), so that the API server's
+    cost per AppIdentity is that of a real installation."""
     files = [
         str(f)
         for f in sorted((REPO / "crds").glob("*.yaml"))
         if "kind: CustomResourceDefinition" in f.read_text()
     ]
+    files += [str(REPO / "deploy" / f) for f in ADMISSION_FILES]
     args = [a for f in files for a in ("-f", f)]
     kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", *args)
     kubectl(
@@ -216,6 +222,13 @@ def install_crd(kubeconfig: str, api: Api) -> None:
         "crd/appidentities.appidentity.dev",
     )
     create_namespaces(api, [OPERATOR_NS], {})
+    probe = identity_body(OPERATOR_NS, "admission-probe", {})
+    path = f"{AI_PATH}/namespaces/{OPERATOR_NS}/appidentities?dryRun=All"
+    deadline = time.monotonic() + 60
+    while FINALIZER not in api.json("POST", path, body=probe)["metadata"].get("finalizers", []):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the finalizer policy did not take effect within 60s")
+        time.sleep(0.5)
 
 
 # --- operator metrics --------------------------------------------------------------------------
@@ -1062,7 +1075,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     code = 0
     try:
-        install_crd(kubeconfig, api)
+        install_api(kubeconfig, api)
         for n in args.ns:
             results[str(n)] = {}
             if not (args.skip_manual and args.skip_direct):

@@ -34,6 +34,8 @@ OPERATOR_NS = "appidentity-system"
 OPERATOR_SA = "appidentity-operator"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
 VAP_NAME = "appidentity-policy"
+MAP_NAME = "appidentity-finalizer"
+FINALIZER = "appidentity.dev/finalizer"
 GRANTABLE = "appidentity-operator-grantable"
 AGGREGATE_LABEL = "appidentity.dev/aggregate-to-grantable"
 NOT_HELD = "attempting to grant RBAC permissions not currently held"
@@ -211,6 +213,8 @@ def test_deploy_renders_every_part(rendered: list[Doc]) -> None:
         ("ConfigMap", "appidentity-policy"),
         ("ValidatingAdmissionPolicy", VAP_NAME),
         ("ValidatingAdmissionPolicyBinding", VAP_NAME),
+        ("MutatingAdmissionPolicy", MAP_NAME),
+        ("MutatingAdmissionPolicyBinding", MAP_NAME),
         ("Deployment", "appidentity-operator"),
         ("Service", "appidentity-operator-metrics"),
     }
@@ -221,6 +225,8 @@ def test_deploy_renders_every_part(rendered: list[Doc]) -> None:
         "ClusterRoleBinding",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
+        "MutatingAdmissionPolicy",
+        "MutatingAdmissionPolicyBinding",
     }
     for doc in rendered:
         where = doc["metadata"].get("namespace")
@@ -674,6 +680,32 @@ def admission_policy(installer: Installer, rendered: list[Doc]) -> Doc:
     if admission_parameters(installed) != admission_parameters(vap):
         pytest.skip("the cluster's admission policy is customised; these cases assume deploy/'s")
     return installed
+
+
+def test_finalizer_policy_adds_the_finalizer_as_an_identity_is_created(
+    cluster: ClusterLike, admission_policy: Doc, rendered: list[Doc], namespace: str
+) -> None:
+    """So the operator need not patch every new identity to add it; finalizers the creator
+    set are kept."""
+    kinds = ("MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding")
+    docs = [find(rendered, kind, MAP_NAME) for kind in kinds]
+    for doc in docs:
+        kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(doc))
+    probe = identity(namespace, {"rules": [PODS]})
+    probe["metadata"]["finalizers"] = ["example.com/keep"]
+
+    def finalizers() -> list[str]:
+        done = kubectl(
+            cluster, "create", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(probe)
+        )
+        return list(json.loads(done.stdout)["metadata"].get("finalizers", []))
+
+    try:
+        eventually(lambda: FINALIZER in finalizers(), 30, "the finalizer policy to take effect")
+        assert finalizers() == ["example.com/keep", FINALIZER]
+    finally:
+        for doc in reversed(docs):
+            kubectl(cluster, "delete", *ref(doc), "--ignore-not-found")
 
 
 @dataclass(frozen=True)
