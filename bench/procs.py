@@ -6,6 +6,7 @@ CPU seconds (utime + stime) are read from /proc while it runs and just before it
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -148,6 +149,17 @@ def read_proc(pid: int) -> ProcStats | None:
     )
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """In the operator's child process: SIGTERM when the benchmark goes away, however it ends.
+    An operator left running from an interrupted benchmark keeps reconciling the next run's
+    identities and spoils its figures."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Operator:
     """`python -m appidentity run ...` as a child process, with /proc sampling."""
 
@@ -210,6 +222,7 @@ class Operator:
             cwd=str(REPO),
             start_new_session=True,
             env={**os.environ, **self.env} if self.env else None,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         self._stop_sampling.clear()

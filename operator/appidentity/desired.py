@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import GROUP, KIND, VERSION
 from .model import CONSENT_ANNOTATION, Identity, Rule
 
 RBAC = "rbac.authorization.k8s.io/v1"
@@ -20,22 +19,15 @@ Manifest = dict[str, Any]
 
 
 def _meta(identity: Identity, name: str, namespace: str | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "labels": dict(identity.labels)}
+    """Children of one Identity share its labels and owner reference (the operator keeps the
+    desired objects of thousands of identities in memory); builders replace, never edit them."""
+    meta: dict[str, Any] = {"name": name, "labels": identity.labels}
     if namespace is not None:
         meta["namespace"] = namespace
     # Only same-namespace children may point at the identity: the garbage collector treats a
     # cross-namespace or cluster-scoped dependent's namespaced owner as absent and deletes it.
     if namespace == identity.namespace:
-        meta["ownerReferences"] = [
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "name": identity.name,
-                "uid": identity.uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ]
+        meta["ownerReferences"] = identity.owner_references
     return meta
 
 

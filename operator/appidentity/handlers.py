@@ -135,6 +135,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf turns log lines into Events; ours are posted explicitly, so only failures of kopf
     # itself become Events (their texts are exception messages, which never hold a token).
     settings.posting.level = logging.ERROR
+    # A per-object worker and the last event it handled live this long after that event: short,
+    # so a burst of creations does not hold thousands of objects in memory at once.
+    settings.batching.idle_timeout = 1.0
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
@@ -178,6 +181,9 @@ async def identity_changed(body: kopf.Body, **_: Any) -> None:
     """Wakes the identity for a new spec or its deletion, not for status and metadata writes
     (the operator's own, kopf's): those would only repeat a reconcile."""
     tracked = REGISTRY.find(_key(body))
+    status = body.get("status")
+    if tracked is not None and tracked.last_written is not None and status == tracked.last_written:
+        tracked.last_written = status  # the same, now shared with kopf's copy of the object
     meta = body.get("metadata", {})
     generation = meta.get("generation")
     if tracked is None or (generation == tracked.generation and not meta.get("deletionTimestamp")):
@@ -310,16 +316,13 @@ def _child_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
     if not owner or labels.get(MANAGED_BY) != FIELD_MANAGER:
         return False
     key = object_key(body)
+    tracked = REGISTRY.find(owner)
+    wanted = tracked.memory.desired.get(key) if tracked else None
     if RUNTIME is not None:
         if event.get("type") == "DELETED":
             RUNTIME.children.pop(key, None)
         else:
-            # A shallow copy is enough: kopf replaces an object's dict on every event and never
-            # changes one in place. managedFields is the bulk of it and never compared.
-            meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-            RUNTIME.children[key] = {**body, "metadata": meta}
-    tracked = REGISTRY.find(owner)
-    wanted = tracked.memory.desired.get(key) if tracked else None
+            RUNTIME.remember_child(key, body, wanted)
     if wanted is None:
         if not _listed(event):  # a listing precedes the identity's first reconcile anyway
             REGISTRY.poke(owner)

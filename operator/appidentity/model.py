@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -26,7 +27,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from . import FIELD_MANAGER
+from . import FIELD_MANAGER, GROUP, KIND, VERSION
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -248,9 +249,24 @@ class Identity(_Model):
     def subject(self) -> str:
         return f"system:serviceaccount:{self.namespace}:{self.service_account}"
 
-    @property
+    # The two below are shared by every child built from this Identity: never edit in place.
+    @cached_property
     def labels(self) -> dict[str, str]:
         return {MANAGED_BY: FIELD_MANAGER, IDENTITY_LABEL: self.key}
+
+    @cached_property
+    def owner_references(self) -> list[dict[str, Any]]:
+        """What the children in the identity's own namespace point at (as their controller)."""
+        return [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": self.name,
+                "uid": self.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
 
     @property
     def grant_namespaces(self) -> tuple[str, ...]:

@@ -39,7 +39,8 @@ RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # RBAC propagation lag before a failure is 
 LEGACY_WAIT = 2.0
 PRUNE_KINDS = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
 AUDIENCES = "appidentity.dev/token-audiences"
-VERIFYING = "Verifying"  # a failed check being asked again; not yet an outcome worth an Event
+VERIFYING = "Verifying"
+MATCHED = "appidentity.dev/matched"  # in a remembered child: the desired object it matched  # a failed check being asked again; not yet an outcome worth an Event
 
 
 @dataclass
@@ -51,9 +52,27 @@ class Runtime:
     baseline: Baseline
     facts: ClusterFacts = field(default_factory=ClusterFacts)
     secret_poll_seconds: float = 30.0
-    # Managed children as the watches last saw them: lets a reconcile skip applies that would
-    # change nothing, so a restarted operator with nothing drifted writes nothing.
+    # Managed children as the watches last saw them (see `remember_child`): lets a reconcile
+    # skip applies that would change nothing, so a restarted operator with nothing drifted
+    # writes nothing.
     children: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def remember_child(
+        self, key: tuple[str, str, str], obj: Mapping[str, Any], wanted: dict[str, Any] | None
+    ) -> None:
+        """A child as watched. One that says what its identity wants is kept as just its uid,
+        labels and that wanted object (shared with the identity's Memory): thousands of
+        identities' children would otherwise be held twice."""
+        meta = obj["metadata"]
+        if wanted is not None and build.is_subset(wanted, obj):
+            compact = {"uid": meta.get("uid"), "labels": meta.get("labels")}
+            self.children[key] = {"metadata": compact, MATCHED: wanted}
+        else:
+            # kopf replaces an object's dict on every event and never edits one in place, so a
+            # shallow copy is enough; managedFields is the bulk of it and never compared.
+            trimmed = {k: v for k, v in meta.items() if k != "managedFields"}
+            self.children[key] = {**obj, "metadata": trimmed}
+
     # Namespace name -> its annotations, as watched (consent lives there); absent = not yet seen.
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -154,15 +173,22 @@ def _foreign(identity: Identity, found: Mapping[tuple[str, str, str], Any]) -> C
 
 
 def _live(
-    rt: Runtime, identity: Identity, keys: list[tuple[str, str, str]], new: bool
+    rt: Runtime,
+    identity: Identity,
+    keys: list[tuple[str, str, str]],
+    want: Mapping[tuple[str, str, str], dict[str, Any]],
+    new: bool,
 ) -> dict[tuple[str, str, str], dict[str, Any] | None]:
-    """What exists now under each name: the watch cache where it has the object; else, for a
-    new identity, presumably nothing (its creates will tell, see `_create`); else a GET.
-    Refuses (Conflict) when an object of the same name was not created for this identity."""
+    """What exists now under each name: the watch cache where it has the object (one that
+    matched an older desired state does not count); else, for a new identity, presumably
+    nothing (its creates will tell, see `_create`); else a GET. Refuses (Conflict) when an
+    object of the same name was not created for this identity."""
     found = {}
     for key in keys:
         kind, ns, name = key
         cached = rt.children.get(key)
+        if cached is not None and MATCHED in cached and cached[MATCHED] != want.get(key):
+            cached = None
         if cached is None and not new:
             cached = rt.kube.get(kind, ns or None, name)
         found[key] = cached
@@ -245,7 +271,9 @@ def _write(
             made = False
             if current is None:
                 current, made = _create(rt, identity, obj, created)
-            if current is not None and (made or build.is_subset(obj, current)):
+            if current is not None and (
+                made or MATCHED in current or build.is_subset(obj, current)
+            ):
                 applied[key] = current
                 continue
             applied[key] = _apply(rt, obj)
@@ -518,10 +546,11 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
     keys = [build.object_key(o) for o in want.objects] + [secret_key]
     created: list[dict[str, Any]] = []
     try:
-        live = _live(rt, identity, keys, new=not previous)
+        wanted = {build.object_key(o): o for o in want.objects}
+        live = _live(rt, identity, keys, wanted, new=not previous)
         # Recorded before applying, so the watch events of the operator's own writes match
         # what it wants and do not wake the identity again.
-        mem.desired = {build.object_key(o): o for o in want.objects}
+        mem.desired = wanted
         applied = _write(rt, identity, want.objects, live, created)
         if active and live[secret_key] is None:
             live[secret_key] = _create(rt, identity, _first_secret(rt, identity), created)[0]
