@@ -39,8 +39,8 @@ RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # RBAC propagation lag before a failure is 
 LEGACY_WAIT = 2.0
 PRUNE_KINDS = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
 AUDIENCES = "appidentity.dev/token-audiences"
-VERIFYING = "Verifying"
-MATCHED = "appidentity.dev/matched"  # in a remembered child: the desired object it matched  # a failed check being asked again; not yet an outcome worth an Event
+VERIFYING = "Verifying"  # a failed check being asked again; not yet an outcome worth an Event
+MATCHED = "appidentity.dev/matched"  # in a remembered child: the desired object it matched
 
 
 @dataclass
@@ -56,6 +56,8 @@ class Runtime:
     # skip applies that would change nothing, so a restarted operator with nothing drifted
     # writes nothing.
     children: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    # Namespace name -> its annotations, as watched (consent lives there); absent = not yet seen.
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def remember_child(
         self, key: tuple[str, str, str], obj: Mapping[str, Any], wanted: dict[str, Any] | None
@@ -72,9 +74,6 @@ class Runtime:
             # shallow copy is enough; managedFields is the bulk of it and never compared.
             trimmed = {k: v for k, v in meta.items() if k != "managedFields"}
             self.children[key] = {**obj, "metadata": trimmed}
-
-    # Namespace name -> its annotations, as watched (consent lives there); absent = not yet seen.
-    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
