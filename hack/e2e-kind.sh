@@ -13,7 +13,10 @@ for tool in docker kind kubectl; do
 done
 mkdir -p "$repo/.state"
 
-kind get clusters | grep -qx "$name" || kind create cluster --name "$name" --wait 180s
+# deploy/ includes a MutatingAdmissionPolicy (admissionregistration.k8s.io/v1, Kubernetes 1.36+):
+# KIND_NODE_IMAGE picks a node image that new when kind's default is older.
+kind get clusters | grep -qx "$name" ||
+  kind create cluster --name "$name" --wait 180s ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"}
 kind get kubeconfig --name "$name" >"$kubeconfig"
 k() { kubectl --kubeconfig "$kubeconfig" "$@"; }
 
