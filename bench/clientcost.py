@@ -16,7 +16,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from appidentity.kube import ClientTransport, Http, Kube, TokenTransport, _token_transport
+from appidentity.kube import (
+    ClientTransport,
+    Http,
+    Kube,
+    TokenTransport,
+    _token_transport,
+    credential_free,
+)
 from kubernetes import client
 
 REVIEW = {
@@ -47,8 +54,7 @@ def main() -> None:
     kube = Kube.connect(args.kubeconfig)
     token = kube.request_token("default", "default", 3600, [])["status"]["token"]
 
-    bare = client.Configuration(host=kube.server)
-    bare.ca_cert_data = kube.ca_crt.decode()
+    bare = credential_free(kube.api.configuration, kube.ca_crt)
     via_client = Http(kube.api, ClientTransport(client.ApiClient(bare), False), token)
     transport = _token_transport(kube.api.configuration, kube.ca_crt)
     assert isinstance(transport, TokenTransport)

@@ -318,19 +318,21 @@ def _child_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
     key = object_key(body)
     tracked = REGISTRY.find(owner)
     wanted = tracked.memory.desired.get(key) if tracked else None
+    deleted = event.get("type") == "DELETED"
+    matches = wanted is not None and not deleted and is_subset(wanted, body)
     if RUNTIME is not None:
-        if event.get("type") == "DELETED":
+        if deleted:
             RUNTIME.children.pop(key, None)
         else:
-            RUNTIME.remember_child(key, body, wanted)
+            RUNTIME.remember_child(key, body, wanted if matches else None)
     if wanted is None:
         if not _listed(event):  # a listing precedes the identity's first reconcile anyway
             REGISTRY.poke(owner)
         return True
     what = f"{key[0]} {key[1] + '/' if key[1] else ''}{key[2]}"
-    if event.get("type") == "DELETED":
+    if deleted:
         REGISTRY.poke(owner, f"{what} was deleted", verify=True)
-    elif not is_subset(wanted, body):
+    elif not matches:
         REGISTRY.poke(owner, f"{what} was changed", verify=True)
     return True
 

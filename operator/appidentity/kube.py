@@ -37,7 +37,8 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "AppIdentity": (f"/apis/{GROUP}/{VERSION}", PLURAL, True),
 }
 TIMEOUT = (5.0, 30.0)
-TOKEN_CONNECTIONS = 16  # >= reconcile workers + review threads, so no request waits
+# Idle token connections kept for reuse; more may be open at once, and those are closed after use.
+TOKEN_CONNECTIONS = 16
 
 
 class ApiError(Exception):
@@ -212,7 +213,7 @@ class TokenTransport:
     The self-check's requests are most of what the operator sends, and none of them changes
     anything, so a request that met a connection the server had closed is sent once more on a
     fresh one. The standard library's client is used directly: through the kubernetes client
-    and urllib3 a request cost the operator 2.4 times the CPU (bench/README.md)."""
+    and urllib3 a request cost the operator 1.8 times the CPU (bench/clientcost.py)."""
 
     def __init__(self, server: str, context: ssl.SSLContext, size: int = TOKEN_CONNECTIONS):
         url = urlsplit(server)
@@ -435,12 +436,7 @@ def _token_transport(cfg: client.Configuration, ca_crt: bytes) -> Transport:
     """Trusts what the operator's own connection trusts, and presents no client certificate."""
     if cfg.proxy or cfg.tls_server_name:
         # Rare kubeconfig settings that only the kubernetes client's transport handles.
-        bare = client.Configuration(host=cfg.host)
-        bare.verify_ssl = cfg.verify_ssl
-        bare.ca_cert_data = ca_crt.decode() if ca_crt else None
-        bare.ssl_ca_cert = None if ca_crt else cfg.ssl_ca_cert
-        bare.proxy, bare.proxy_headers = cfg.proxy, cfg.proxy_headers
-        bare.tls_server_name = cfg.tls_server_name
+        bare = credential_free(cfg, ca_crt)
         bare.connection_pool_maxsize = TOKEN_CONNECTIONS
         return ClientTransport(client.ApiClient(bare), own_credentials=False)
     if not cfg.verify_ssl:
@@ -450,3 +446,14 @@ def _token_transport(cfg: client.Configuration, ca_crt: bytes) -> Transport:
     else:
         context = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
     return TokenTransport(str(cfg.host), context)
+
+
+def credential_free(cfg: client.Configuration, ca_crt: bytes) -> client.Configuration:
+    """`cfg`'s server, trust, proxy and TLS server name, without any of its credentials."""
+    bare = client.Configuration(host=cfg.host)
+    bare.verify_ssl = cfg.verify_ssl
+    bare.ca_cert_data = ca_crt.decode() if ca_crt else None
+    bare.ssl_ca_cert = None if ca_crt else cfg.ssl_ca_cert
+    bare.proxy, bare.proxy_headers = cfg.proxy, cfg.proxy_headers
+    bare.tls_server_name = cfg.tls_server_name
+    return bare

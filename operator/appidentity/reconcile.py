@@ -60,15 +60,15 @@ class Runtime:
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def remember_child(
-        self, key: tuple[str, str, str], obj: Mapping[str, Any], wanted: dict[str, Any] | None
+        self, key: tuple[str, str, str], obj: Mapping[str, Any], matches: dict[str, Any] | None
     ) -> None:
-        """A child as watched. One that says what its identity wants is kept as just its uid,
-        labels and that wanted object (shared with the identity's Memory): thousands of
-        identities' children would otherwise be held twice."""
+        """A child as watched. One that `matches` what its identity wants (that desired object,
+        shared with the identity's Memory) is kept as just its uid, labels and that object:
+        thousands of identities' children would otherwise be held twice."""
         meta = obj["metadata"]
-        if wanted is not None and build.is_subset(wanted, obj):
+        if matches is not None:
             compact = {"uid": meta.get("uid"), "labels": meta.get("labels")}
-            self.children[key] = {"metadata": compact, MATCHED: wanted}
+            self.children[key] = {"metadata": compact, MATCHED: matches}
         else:
             # kopf replaces an object's dict on every event and never edits one in place, so a
             # shallow copy is enough; managedFields is the bulk of it and never compared.

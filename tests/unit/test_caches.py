@@ -40,14 +40,12 @@ def test_a_child_as_wanted_is_remembered_by_uid_labels_and_the_wanted_object(
     assert remembered["metadata"] == {"uid": "role-uid", "labels": wanted["metadata"]["labels"]}
 
 
-@pytest.mark.parametrize("wanted_known", [True, False])
 def test_a_child_that_differs_or_is_not_yet_wanted_is_remembered_whole(
-    make_identity: IdentityFactory, wanted_known: bool
+    make_identity: IdentityFactory,
 ) -> None:
-    wanted = own_role(make_identity())
-    changed = live(wanted, rules=[])
+    changed = live(own_role(make_identity()), rules=[])
     rt = runtime()
-    rt.remember_child(KEY, changed, wanted if wanted_known else None)
+    rt.remember_child(KEY, changed, None)
     remembered = rt.children[KEY]
     assert MATCHED not in remembered
     assert remembered["rules"] == []

@@ -1,0 +1,85 @@
+"""TokenTransport's connection reuse, with stand-in connections: no API behaviour involved."""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+from typing import Any, ClassVar
+
+import pytest
+from appidentity.kube import ApiError, Http, TokenTransport
+
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl"
+
+
+class Response:
+    def __init__(self, will_close: bool = False) -> None:
+        self.status, self.reason, self.will_close = 200, "OK", will_close
+
+    def read(self) -> bytes:
+        return b'{"ok": true}'
+
+
+class Connection:
+    """Fails on the response when `dead` (a connection the server closed while it was idle)."""
+
+    made: ClassVar[list[Connection]] = []
+
+    def __init__(self, *_: Any, dead: bool = False, will_close: bool = False, **__: Any) -> None:
+        self.dead, self.will_close, self.closed = dead, will_close, False
+        self.headers: dict[str, str] = {}
+        Connection.made.append(self)
+
+    def request(self, method: str, url: str, body: Any = None, headers: Any = None) -> None:
+        self.headers = dict(headers or {})
+
+    def getresponse(self) -> Response:
+        if self.dead:
+            raise http.client.RemoteDisconnected("Remote end closed connection")
+        return Response(self.will_close)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def transport(monkeypatch: pytest.MonkeyPatch) -> TokenTransport:
+    Connection.made = []
+    monkeypatch.setattr(http.client, "HTTPSConnection", Connection)
+    return TokenTransport("https://127.0.0.1:6443", ssl.create_default_context(), size=2)
+
+
+def test_a_connection_closed_while_idle_is_replaced_and_the_request_sent_again(
+    transport: TokenTransport,
+) -> None:
+    stale = Connection(dead=True)
+    transport._idle.append(stale)  # type: ignore[arg-type]
+    assert transport.send("POST", "/x", {}, {"a": 1})[0] == 200
+    assert stale.closed
+    assert transport._idle == [Connection.made[-1]]  # the fresh one is kept for reuse
+
+
+def test_a_fresh_connection_that_fails_is_an_error_without_the_token(
+    transport: TokenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http.client, "HTTPSConnection", lambda *a, **k: Connection(dead=True))
+    http_ = Http(None, transport, TOKEN)  # type: ignore[arg-type]
+    with pytest.raises(ApiError) as failure:
+        http_.request("GET", "/apis")
+    assert failure.value.status == 0
+    assert TOKEN not in str(failure.value) and TOKEN not in repr(failure.value)
+
+
+def test_each_request_names_its_own_token_on_a_shared_connection(
+    transport: TokenTransport,
+) -> None:
+    Http(None, transport, "token-a").request("GET", "/a")  # type: ignore[arg-type]
+    Http(None, transport, "token-b").request("GET", "/b")  # type: ignore[arg-type]
+    assert len(Connection.made) == 1
+    assert Connection.made[0].headers["Authorization"] == "Bearer token-b"
+
+
+def test_a_connection_the_server_will_close_is_not_kept(transport: TokenTransport) -> None:
+    transport._idle.append(Connection(will_close=True))  # type: ignore[arg-type]
+    transport.send("GET", "/x", {}, None)
+    assert transport._idle == []
