@@ -64,8 +64,9 @@ RESULTS = REPO / "bench" / "results"
 OPERATOR_NS = "appidentity-system"
 RUN_LABEL = "bench.appidentity.dev/run"
 AI_PATH = "/apis/appidentity.dev/v1alpha1"
-ADMISSION_FILES = ("admission-policy.yaml", "finalizer-policy.yaml")
+ADMISSION_FILES = ("admission-policy.yaml", "finalizer-policy.yaml", "requester-policy.yaml")
 FINALIZER = "appidentity.dev/finalizer"
+REQUESTER = "appidentity.dev/requester"
 MIB = 1024 * 1024
 
 TARGETS = {
@@ -225,9 +226,14 @@ def install_api(kubeconfig: str, api: Api) -> None:
     probe = identity_body(OPERATOR_NS, "admission-probe", {})
     path = f"{AI_PATH}/namespaces/{OPERATOR_NS}/appidentities?dryRun=All"
     deadline = time.monotonic() + 60
-    while FINALIZER not in api.json("POST", path, body=probe)["metadata"].get("finalizers", []):
+
+    def in_effect() -> bool:
+        meta = api.json("POST", path, body=probe)["metadata"]
+        return FINALIZER in meta.get("finalizers", []) and REQUESTER in meta.get("annotations", {})
+
+    while not in_effect():
         if time.monotonic() > deadline:
-            raise RuntimeError("the finalizer policy did not take effect within 60s")
+            raise RuntimeError("the finalizer and requester policies did not take effect in 60s")
         time.sleep(0.5)
 
 

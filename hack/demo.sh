@@ -42,6 +42,17 @@ echo "== installing the CRD"
 "$kubectl" wait --for=condition=Established --timeout=60s crd/appidentities.appidentity.dev >/dev/null
 "$kubectl" create namespace appidentity-system --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
 
+echo "== installing the requester policy (who writes a spec must hold what it grants)"
+"$kubectl" apply -f deploy/requester-policy.yaml >/dev/null
+probe='{"apiVersion":"appidentity.dev/v1alpha1","kind":"AppIdentity","metadata":{"name":"probe","namespace":"appidentity-system"},"spec":{"rules":[{"apiGroups":[""],"resources":["pods"],"verbs":["get"]}]}}'
+for _ in $(seq 120); do
+  stamp=$(echo "$probe" | "$kubectl" create --dry-run=server -f - \
+    -o jsonpath='{.metadata.annotations.appidentity\.dev/requester}' 2>/dev/null || true)
+  [ -n "$stamp" ] && break
+  sleep 0.5
+done
+[ -n "$stamp" ] || { echo "the requester policy did not take effect" >&2; exit 1; }
+
 echo "== starting the operator (log: $state/operator.log)"
 stop_operator
 nohup "$operator" run --all-namespaces --metrics-port "$metrics_port" --liveness-port "$liveness_port" \

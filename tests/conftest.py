@@ -25,12 +25,17 @@ from kubernetes.client.exceptions import ApiException
 from support import (
     CLUSTER_RULES_NAMESPACE,
     CLUSTER_SH,
+    OPERATOR_NAMESPACE,
+    OPERATOR_SA,
     REPO,
+    TEST_POLICY_FILE,
     TEST_STATE_DIR,
     Cluster,
     InClusterOperator,
     Operator,
     Token,
+    requester_stamp,
+    wait_until,
 )
 
 BUILD_SH = REPO / "hack" / "build-control-plane.sh"
@@ -264,6 +269,9 @@ def crd_installed(cluster: Cluster) -> None:
     )
     for ns in ("appidentity-system", CLUSTER_RULES_NAMESPACE):
         cluster.run_kubectl("create", "namespace", ns, check=False)
+    # The operator grants nothing to an identity whose requester admission did not record.
+    cluster.run_kubectl("apply", "-f", str(REPO / "deploy" / "requester-policy.yaml"))
+    wait_until(lambda: requester_stamp(cluster), 60, "the requester policy to take effect")
 
 
 @pytest.fixture(scope="session")
@@ -280,3 +288,71 @@ def operator(
     op.start()
     yield op
     op.stop()
+
+
+def _own_kubeconfig(kube: Kube, cluster: Cluster, path: Path) -> Path:
+    """A kubeconfig with a token of deploy/'s operator ServiceAccount and nothing else."""
+    response = kube.request_token(OPERATOR_NAMESPACE, OPERATOR_SA, 7200, [])
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "c",
+                "cluster": {
+                    "server": cluster.server,
+                    "certificate-authority": str(cluster.ca_file),
+                },
+            }
+        ],
+        "users": [{"name": OPERATOR_SA, "user": {"token": response["status"]["token"]}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": OPERATOR_SA}}],
+        "current-context": "c",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def own_sa_policy() -> Path:
+    """The policy file of `own_sa_operator`; a module may override this fixture."""
+    return TEST_POLICY_FILE
+
+
+@pytest.fixture(scope="module")
+def own_sa_operator(
+    kube: Kube,
+    cluster: Cluster,
+    operator: Operator | InClusterOperator,
+    own_sa_policy: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Operator]:
+    """For this module, the operator runs with its own ServiceAccount under deploy/'s RBAC and
+    grantable ceiling instead of the admin's credentials."""
+    if not isinstance(operator, Operator):
+        pytest.skip("the in-cluster operator already runs as its own ServiceAccount")
+    for name in ("serviceaccount.yaml", "rbac.yaml", "grantable.yaml"):
+        cluster.run_kubectl("apply", "-f", str(REPO / "deploy" / name))
+    wait_until(
+        lambda: (kube.get("ClusterRole", None, "appidentity-operator-grantable") or {}).get(
+            "rules"
+        ),
+        30,
+        "the grantable ceiling to aggregate",
+    )
+    workdir = tmp_path_factory.mktemp("own-sa")
+    own = Operator(
+        cluster,
+        workdir,
+        workdir / "operator.log",
+        kubeconfig=_own_kubeconfig(kube, cluster, workdir / "operator.kubeconfig"),
+        policy=own_sa_policy,
+    )
+    operator.stop()
+    own.start()
+    try:
+        yield own
+    finally:
+        own.stop()
+        operator.start()

@@ -4,6 +4,7 @@ drive and observe AppIdentities through the project's own API layer."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from appidentity.kube import Kube, path_for
+from appidentity.kube import Http, Kube, path_for
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
@@ -67,6 +68,8 @@ class Cluster:
         )
 
 
+OPERATOR_NAMESPACE = "appidentity-system"
+OPERATOR_SA = "appidentity-operator"
 TEST_POLICY_FILE = REPO / "tests" / "policy.yaml"
 CLUSTER_RULES_NAMESPACE = yaml.safe_load(TEST_POLICY_FILE.read_text())["clusterRules"][
     "allowedNamespaces"
@@ -89,10 +92,10 @@ class Operator:
     metrics_port: int = field(default_factory=free_port)
     liveness_port: int = field(default_factory=free_port)
     kubeconfig: Path | None = None
+    policy: Path = TEST_POLICY_FILE
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        policy = TEST_POLICY_FILE
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -105,7 +108,7 @@ class Operator:
                 "--kubeconfig",
                 str(self.kubeconfig or self.cluster.kubeconfig),
                 "--policy",
-                str(policy),
+                str(self.policy),
                 "--metrics-port",
                 str(self.metrics_port),
                 "--liveness-port",
@@ -208,8 +211,9 @@ def identity(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def create(kube: Kube, obj: dict[str, Any], strict: bool = False) -> dict[str, Any]:
-    """POST the object; `strict` refuses unknown fields the way kubectl's default does."""
+def create(kube: Http, obj: dict[str, Any], strict: bool = False) -> dict[str, Any]:
+    """POST the object (as whoever `kube` authenticates); `strict` refuses unknown fields the
+    way kubectl's default does."""
     meta = obj["metadata"]
     created: dict[str, Any] = kube.request(
         "POST",
@@ -220,7 +224,7 @@ def create(kube: Kube, obj: dict[str, Any], strict: bool = False) -> dict[str, A
     return created
 
 
-def merge_patch(kube: Kube, kind: str, namespace: str | None, name: str, patch: Any) -> None:
+def merge_patch(kube: Http, kind: str, namespace: str | None, name: str, patch: Any) -> None:
     kube.request(
         "PATCH",
         path_for(kind, namespace, name),
@@ -282,3 +286,26 @@ def whoami_status(token_api: Callable[[Token], Any], token: Token) -> int:
 def secret_token(kube: Kube, namespace: str, name: str) -> Token | None:
     raw = ((kube.get("Secret", namespace, name) or {}).get("data") or {}).get("token")
     return Token(base64.b64decode(raw).decode()) if raw else None
+
+
+def requester_stamp(cluster: Cluster) -> str | None:
+    """The requester stamp admission gives an AppIdentity the admin writes, from a server-side
+    dry run; None while the requester policy is not in effect."""
+    pods = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}
+    probe = identity("stamp-probe", "appidentity-system", rules=[pods])
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    dry_run = ["create", "--dry-run=server", "-o", "json", "-f", "-"]
+    done = subprocess.run(
+        [cluster.kubectl, "--kubeconfig", str(cluster.kubeconfig), *dry_run],
+        input=json.dumps(probe),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        return None
+    annotations = json.loads(done.stdout)["metadata"].get("annotations") or {}
+    stamp: str | None = annotations.get("appidentity.dev/requester")
+    return stamp

@@ -139,25 +139,13 @@ class Http:
 
     def access_review(self, req: Request) -> tuple[bool, str]:
         """(allowed, the authorizer's reason) for one request, asked by the token itself."""
-        if req.url:
-            spec: dict[str, Any] = {"nonResourceAttributes": {"path": req.url, "verb": req.verb}}
-        else:
-            attrs = {
-                "verb": req.verb,
-                "group": req.group,
-                "resource": req.resource,
-                "subresource": req.subresource,
-                "namespace": req.namespace,
-                "name": req.name,
-            }
-            spec = {"resourceAttributes": {k: v for k, v in attrs.items() if v}}
         review = self.request(
             "POST",
             "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
             body={
                 "apiVersion": "authorization.k8s.io/v1",
                 "kind": "SelfSubjectAccessReview",
-                "spec": spec,
+                "spec": _review_attributes(req),
             },
         )
         status = review.get("status", {})
@@ -204,6 +192,21 @@ class Http:
             "GET", "/openid/v1/jwks", accept="application/jwk-set+json"
         )
         return str(discovery.get("issuer", "")), jwks
+
+
+def _review_attributes(req: Request) -> dict[str, Any]:
+    """The resource or non-resource attributes of an access review's spec."""
+    if req.url:
+        return {"nonResourceAttributes": {"path": req.url, "verb": req.verb}}
+    attrs = {
+        "verb": req.verb,
+        "group": req.group,
+        "resource": req.resource,
+        "subresource": req.subresource,
+        "namespace": req.namespace,
+        "name": req.name,
+    }
+    return {"resourceAttributes": {k: v for k, v in attrs.items() if v}}
 
 
 class TokenTransport:
@@ -423,6 +426,20 @@ class Kube(Http):
             body={"status": status},
             content_type="application/merge-patch+json",
         )
+
+    def subject_access_review(self, user: Mapping[str, Any], req: Request) -> bool:
+        """Whether the authorizer allows `req` to another user (`user`: the user, uid, groups
+        and extra fields of a SubjectAccessReview spec)."""
+        review = self.request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            body={
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {**user, **_review_attributes(req)},
+            },
+        )
+        return bool(review.get("status", {}).get("allowed"))
 
     def token_client(self, token: str) -> Http:
         """A client that authenticates with the given token and nothing else. All token clients

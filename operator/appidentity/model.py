@@ -272,6 +272,11 @@ class Identity(_Model):
     def grant_namespaces(self) -> tuple[str, ...]:
         return tuple(g.name for g in self.spec.namespaces)
 
+    @property
+    def cluster_role_names(self) -> set[str]:
+        """Every existing ClusterRole the spec binds, here or in other namespaces."""
+        return set(self.spec.cluster_roles).union(*(g.cluster_roles for g in self.spec.namespaces))
+
 
 def identity_key(namespace: str, name: str) -> str:
     """The value of the appidentity.dev/identity label: `<namespace>.<name>` when that fits in a

@@ -1,10 +1,11 @@
-"""One reconcile of one AppIdentity: gather inputs, decide (pure), apply (kube), prove (verify),
-and describe the outcome as a status and Events. Handlers call `reconcile` and `cleanup`.
+"""One reconcile of one AppIdentity, as five phases: gather the inputs, judge the spec (policy,
+and the requester's own rights), apply the children and the token, prove the grant with that
+token, and report the outcome as a status and Events. Handlers call `reconcile` and `cleanup`.
 
-Order matters and is chosen so that nothing is half-applied: bad input and policy violations stop
-before any write; conflicts with objects the operator did not create stop before any write; the
-ServiceAccount exists before anything names it; grants dropped from the spec are removed after
-the new ones exist.
+Order matters and is chosen so that nothing is half-applied: bad input, policy violations and
+requests beyond the requester's own rights stop before any write; conflicts with objects the
+operator did not create stop before any write; the ServiceAccount exists before anything names
+it; grants dropped from the spec are removed after the new ones exist.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from . import desired as build
+from . import escalation as esc
 from . import status as st
 from . import tokens
 from .kube import ApiError, Kube
@@ -32,7 +34,8 @@ from .model import (
 from .policy import Policy, check
 from .verify.baseline import Baseline
 from .verify.plan import Plan, build_plan
-from .verify.run import ClusterFacts, Verification, verify
+from .verify.rbac import Request, RuleDict
+from .verify.run import REVIEWS, ClusterFacts, Verification, verify
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # RBAC propagation lag before a failure is declared
@@ -41,6 +44,8 @@ PRUNE_KINDS = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
 AUDIENCES = "appidentity.dev/token-audiences"
 VERIFYING = "Verifying"  # a failed check being asked again; not yet an outcome worth an Event
 MATCHED = "appidentity.dev/matched"  # in a remembered child: the desired object it matched
+ESCALATION_REFUSED = "EscalationRefused"
+JUDGE_AGAIN = 15.0  # seconds until a refused requester is asked about again
 
 
 @dataclass
@@ -90,6 +95,8 @@ class Memory:
     rules_hash_generation: int = -1
     retries: int = 0
     last_verification: dict[str, Any] | None = None
+    # (generation, requester stamp) whose spec the requester was found entitled to.
+    judged: tuple[int, str | None] | None = None
     cluster_roles: set[str] = field(default_factory=set)
     namespace: str = ""
     service_account: str = ""
@@ -110,28 +117,53 @@ class Result:
     wake_in: float  # seconds until this identity needs attention again
 
 
-class Conflict(Exception):
-    pass
+class Stop(Exception):
+    """Ends a reconcile before anything (more) is written; `reason` names the status reason and
+    the Event, `retry_in` when to look again (a human has to act, so not soon)."""
+
+    reason = "Stopped"
+    retry_in = 300.0
+
+    def __init__(self, message: str, reason: str | None = None, retry_in: float = 0.0) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason:
+            self.reason = reason
+        if retry_in:
+            self.retry_in = retry_in
 
 
-class ApplyRefused(Exception):
-    pass
+class Conflict(Stop):
+    reason = "Conflict"
+
+
+class ApplyRefused(Stop):
+    reason = "ApplyRefused"
 
 
 def _now_text(now: datetime) -> str:
     return rfc3339(now)
 
 
-def _stop(body: Mapping[str, Any], now: datetime, reason: str, message: str, event: str) -> Result:
-    """A reconcile that must not write anything: bad input, policy, conflicts."""
+def _stop(body: Mapping[str, Any], now: datetime, stop: Stop) -> Result:
+    """A reconcile that wrote nothing: bad input, policy, escalation, conflicts. The Event is
+    posted when this outcome is new, not on every look."""
     meta = body.get("metadata", {})
     previous = body.get("status") or {}
-    parts = [st.Condition(st.PROVISIONED, False, reason, message)]
-    conditions = st.conditions(
-        parts, previous.get("conditions", []), meta.get("generation", 0), _now_text(now)
+    generation = meta.get("generation", 0)
+    parts = [st.Condition(st.PROVISIONED, False, stop.reason, stop.message)]
+    conditions = st.conditions(parts, previous.get("conditions", []), generation, _now_text(now))
+    status = {**previous, "observedGeneration": generation, "conditions": conditions}
+    before: Mapping[str, Any] = next(
+        (c for c in previous.get("conditions", []) if c["type"] == st.PROVISIONED), {}
     )
-    status = {**previous, "observedGeneration": meta.get("generation", 0), "conditions": conditions}
-    return Result(status, [Event("Warning", event, message)], wake_in=300.0)
+    again = (before.get("status"), before.get("reason"), before.get("message")) == (
+        "False",
+        stop.reason,
+        stop.message,
+    )
+    events = [] if again else [Event("Warning", stop.reason, stop.message)]
+    return Result(status, events, wake_in=stop.retry_in)
 
 
 # --- provisioning --------------------------------------------------------------------------
@@ -237,7 +269,7 @@ def _already_pruned(identity: Identity, previous: Mapping[str, Any]) -> tuple[in
     return (identity.generation, was_active)
 
 
-def _apply(rt: Runtime, obj: dict[str, Any]) -> dict[str, Any]:
+def _apply_object(rt: Runtime, obj: dict[str, Any]) -> dict[str, Any]:
     try:
         return rt.kube.apply(obj)
     except ApiError as exc:
@@ -275,7 +307,7 @@ def _write(
             ):
                 applied[key] = current
                 continue
-            applied[key] = _apply(rt, obj)
+            applied[key] = _apply_object(rt, obj)
         except ApiError as exc:
             if exc.status not in (403, 422):
                 raise
@@ -442,10 +474,7 @@ def _revoke(rt: Runtime, identity: Identity, secret: Mapping[str, Any] | None) -
 # --- verification --------------------------------------------------------------------------
 
 
-def _cluster_role_rules(rt: Runtime, identity: Identity) -> dict[str, list[dict[str, Any]]]:
-    names = set(identity.spec.cluster_roles)
-    for grant in identity.spec.namespaces:
-        names |= set(grant.cluster_roles)
+def _cluster_role_rules(rt: Runtime, names: set[str]) -> dict[str, list[RuleDict]]:
     rules = {}
     for name in sorted(names):
         found = rt.kube.get("ClusterRole", None, name)
@@ -457,7 +486,7 @@ def prove(
     rt: Runtime, identity: Identity, consenting: set[str], token: str, audiences: list[str]
 ) -> tuple[Plan, Verification]:
     """The self-check: plan from the spec and the named ClusterRoles, asked with the token."""
-    plan = build_plan(identity, consenting, _cluster_role_rules(rt, identity))
+    plan = build_plan(identity, consenting, _cluster_role_rules(rt, identity.cluster_role_names))
     http = rt.kube.token_client(token)
     return plan, verify(http, identity, plan, token, audiences, rt.baseline, rt.facts)
 
@@ -523,199 +552,290 @@ def _jittered(seconds: int) -> timedelta:
     return timedelta(seconds=seconds * random.uniform(0.9, 1.1))
 
 
-# --- the reconcile -------------------------------------------------------------------------
+# --- the reconcile: gather, judge, apply, prove, report ------------------------------------
 
 
 def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) -> Result:
     try:
+        case = _gather(rt, body, now)
+        _judge(rt, case, mem)
+        done = _apply(rt, case, mem)
+    except Stop as stop:
+        return _stop(body, now, stop)
+    return _report(case, done, _prove(rt, case, done, mem))
+
+
+@dataclass
+class Case:
+    """One identity's inputs to this reconcile; the phases add the Events they produce."""
+
+    body: Mapping[str, Any]
+    identity: Identity
+    previous: dict[str, Any]
+    now: datetime
+    active: bool
+    consenting: set[str]
+    want: build.Desired
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def secret_key(self) -> tuple[str, str, str]:
+        return ("Secret", self.identity.namespace, self.identity.secret_name)
+
+
+@dataclass
+class Applied:
+    """What the apply phase achieved: the children's condition and the token."""
+
+    provisioned: st.Condition
+    grants: list[dict[str, str]]
+    token: TokenState
+    wake: float  # the interval, the next schedule change, token refresh, the Secret poll
+
+
+@dataclass
+class Proof:
+    """The prove phase's outcome: AccessVerified, the verification status to show, and when to
+    look again (at the latest)."""
+
+    condition: st.Condition
+    verification: Mapping[str, Any] | None
+    wake: float = float("inf")
+    token_extra: Mapping[str, str] | None = None
+
+
+def _gather(rt: Runtime, body: Mapping[str, Any], now: datetime) -> Case:
+    try:
         identity = parse_identity(dict(body))
     except SpecError as exc:
-        return _stop(body, now, "InvalidSpec", str(exc), "InvalidSpec")
-    violations = check(identity, rt.policy)
-    if violations:
-        message = "; ".join(str(v) for v in violations)
-        return _stop(body, now, "PolicyViolation", message, "PolicyViolation")
-
-    previous = dict(body.get("status") or {})
-    events: list[Event] = []
+        raise Stop(str(exc), "InvalidSpec") from exc
     active = identity.spec.schedule.active_at(now)
     consenting = consenting_namespaces(rt, identity)
     want = build.desired_state(identity, consenting, active)
-    secret_key = ("Secret", identity.namespace, identity.secret_name)
-    keys = [build.object_key(o) for o in want.objects] + [secret_key]
+    return Case(body, identity, dict(body.get("status") or {}), now, active, consenting, want)
+
+
+# --- judge ---------------------------------------------------------------------------------
+
+
+def _judge(rt: Runtime, case: Case, mem: Memory) -> None:
+    """The operator-wide policy, then the requester's own rights (escalation.py)."""
+    violations = check(case.identity, rt.policy)
+    if violations:
+        raise Stop("; ".join(str(v) for v in violations), "PolicyViolation")
+    annotations = case.body.get("metadata", {}).get("annotations") or {}
+    stamp = annotations.get(esc.REQUESTER_ANNOTATION)
+    verdict = (case.identity.generation, stamp)
+    if mem.judged == verdict:
+        return
+    where = f"metadata.annotations[{esc.REQUESTER_ANNOTATION}]"
+    if stamp is None:
+        if not provisioned_before(case.previous, case.identity.generation):
+            raise Stop(
+                f"{where}: no requester recorded for generation {case.identity.generation}; "
+                "the admission policy appidentity-requester (deploy/requester-policy.yaml) "
+                "must be installed",
+                ESCALATION_REFUSED,
+            )
+    else:
+        try:
+            requester = esc.parse_stamp(stamp)
+        except esc.StampError as exc:
+            raise Stop(f"{where}: malformed ({exc})", ESCALATION_REFUSED) from exc
+        refused = _refusals(rt, case.identity, requester)
+        if refused:
+            message = "; ".join(r.message(requester.username) for r in refused)
+            # Asked again soon: the requester's own RBAC may still be on its way (a GitOps
+            # apply writes it together with the identity) or be granted after the refusal.
+            raise Stop(message, ESCALATION_REFUSED, retry_in=JUDGE_AGAIN)
+    mem.judged = verdict
+
+
+def provisioned_before(previous: Mapping[str, Any], generation: int) -> bool:
+    """An identity without a requester stamp that an earlier operator already provisioned at
+    this generation: it predates the requester check and is judged on its next spec change."""
+    conditions = {c.get("type"): c for c in previous.get("conditions", [])}
+    reason = conditions.get(st.PROVISIONED, {}).get("reason")
+    return previous.get("observedGeneration") == generation and reason in (
+        "Applied",
+        "ConsentMissing",
+    )
+
+
+def _refusals(rt: Runtime, identity: Identity, requester: esc.Requester) -> list[esc.Refusal]:
+    """Asks SubjectAccessReviews for the requester: the overrides first, then the permissions
+    of the grants they do not cover (reading a ClusterRole only when `bind` on it is denied)."""
+    user = requester.review_user()
+
+    def ask(questions: list[Request]) -> dict[Request, bool]:
+        allowed = REVIEWS.map(lambda r: rt.kube.subject_access_review(user, r), questions)
+        return dict(zip(questions, allowed, strict=True))
+
+    wanted = esc.grants(identity)
+    answers = ask(esc.questions(wanted, {}))
+    roles = esc.unexpanded(wanted, answers)
+    if roles:
+        wanted = esc.grants(identity, _cluster_role_rules(rt, roles))
+    answers |= ask(esc.questions(wanted, answers))
+    return esc.refusals(wanted, answers)
+
+
+# --- apply ---------------------------------------------------------------------------------
+
+
+def _apply(rt: Runtime, case: Case, mem: Memory) -> Applied:
+    """The children (created, applied where they differ, pruned where no longer wanted), then
+    the token; refuses (Conflict, ApplyRefused) with nothing of this reconcile left behind."""
+    identity, want = case.identity, case.want
+    keys = [build.object_key(o) for o in want.objects] + [case.secret_key]
     created: list[dict[str, Any]] = []
     try:
         wanted = {build.object_key(o): o for o in want.objects}
-        live = _live(rt, identity, keys, wanted, new=not previous)
+        live = _live(rt, identity, keys, wanted, new=not case.previous)
         # Recorded before applying, so the watch events of the operator's own writes match
         # what it wants and do not wake the identity again.
         mem.desired = wanted
         applied = _write(rt, identity, want.objects, live, created)
-        if active and live[secret_key] is None:
-            live[secret_key] = _create(rt, identity, _first_secret(rt, identity), created)[0]
-    except Conflict as exc:
+        if case.active and live[case.secret_key] is None:
+            secret = _create(rt, identity, _first_secret(rt, identity), created)[0]
+            live[case.secret_key] = secret
+    except Conflict:
         _undo(rt, created)
-        return _stop(body, now, "Conflict", str(exc), "Conflict")
-    except ApplyRefused as exc:
-        return _stop(body, now, "ApplyRefused", str(exc), "ApplyRefused")
+        raise
     mem.namespace = identity.namespace
     mem.service_account = identity.service_account
     mem.grant_namespaces = set(identity.grant_namespaces)
-    mem.cluster_roles = set(identity.spec.cluster_roles) | {
-        r for g in identity.spec.namespaces for r in g.cluster_roles
-    }
-
-    if mem.pruned_for is None:
-        mem.pruned_for = _already_pruned(identity, previous)
-    if mem.pruned_for != (identity.generation, active):
-        removed = _prune(rt, identity, want.keys() | {secret_key}, previous)
-        if removed:
-            events.append(
-                Event(
-                    "Normal",
-                    "Pruned",
-                    "removed what the spec no longer asks for: " + ", ".join(removed),
-                )
-            )
-        mem.pruned_for = (identity.generation, active)
-
-    grants = [{"namespace": identity.namespace, "state": "Applied", "message": ""}]
-    grants += [
-        {
-            "namespace": ns,
-            "state": "Applied" if ns in consenting else "Refused",
-            "message": ""
-            if ns in consenting
-            else f"namespace lacks the annotation appidentity.dev/accept-grants-from: {identity.namespace}",
-        }
-        for ns in identity.grant_namespaces
-    ]
-    if want.refused_namespaces:
-        provisioned = st.Condition(
-            st.PROVISIONED,
-            False,
-            "ConsentMissing",
-            "grants refused by namespaces without consent: " + ", ".join(want.refused_namespaces),
-        )
-    else:
-        provisioned = st.Condition(
-            st.PROVISIONED, True, "Applied", f"{len(want.objects) + 1} objects applied"
-        )
-
+    mem.cluster_roles = identity.cluster_role_names
+    _prune_unwanted(rt, case, mem)
     sa = applied[("ServiceAccount", identity.namespace, identity.service_account)]
-    wake = float(identity.spec.verification.interval_seconds)
-    change = identity.spec.schedule.next_change_after(now)
-    if change:
-        wake = min(wake, (change - now).total_seconds() + 0.5)
-    if not active:
-        if _revoke(rt, identity, live[secret_key]):
-            events.append(
-                Event("Normal", "TokenRevoked", "outside the schedule window: token Secret deleted")
-            )
-        when = (
-            identity.spec.schedule.not_before
-            if identity.spec.schedule.not_before and now < identity.spec.schedule.not_before
-            else identity.spec.schedule.expires_at
-        )
-        state = (
-            "not active before"
-            if identity.spec.schedule.not_before and now < identity.spec.schedule.not_before
-            else "expired at"
-        )
-        message = f"schedule: {state} {rfc3339(when) if when else ''}; no bindings, no token"
-        token = TokenState(st.Condition(st.TOKEN_ISSUED, False, "ScheduleInactive", message))
-        verified = st.Condition(st.ACCESS_VERIFIED, False, "ScheduleInactive", message)
-        return _finish(
-            identity,
-            previous,
-            now,
-            [provisioned, token.condition, verified],
-            token,
-            None,
-            grants,
-            events,
-            wake,
-        )
+    token = _token(rt, case, sa, live[case.secret_key], mem)
+    return Applied(_provisioned(case), _grants(case), token, _base_wake(rt, case, token))
 
+
+def _prune_unwanted(rt: Runtime, case: Case, mem: Memory) -> None:
+    identity = case.identity
+    if mem.pruned_for is None:
+        mem.pruned_for = _already_pruned(identity, case.previous)
+    if mem.pruned_for == (identity.generation, case.active):
+        return
+    removed = _prune(rt, identity, case.want.keys() | {case.secret_key}, case.previous)
+    if removed:
+        message = "removed what the spec no longer asks for: " + ", ".join(removed)
+        case.events.append(Event("Normal", "Pruned", message))
+    mem.pruned_for = (identity.generation, case.active)
+
+
+def _grants(case: Case) -> list[dict[str, str]]:
+    ns = case.identity.namespace
+    out = [{"namespace": ns, "state": "Applied", "message": ""}]
+    for other in case.identity.grant_namespaces:
+        if other in case.consenting:
+            out.append({"namespace": other, "state": "Applied", "message": ""})
+        else:
+            why = f"namespace lacks the annotation appidentity.dev/accept-grants-from: {ns}"
+            out.append({"namespace": other, "state": "Refused", "message": why})
+    return out
+
+
+def _provisioned(case: Case) -> st.Condition:
+    refused = case.want.refused_namespaces
+    if refused:
+        why = "grants refused by namespaces without consent: " + ", ".join(refused)
+        return st.Condition(st.PROVISIONED, False, "ConsentMissing", why)
+    applied = f"{len(case.want.objects) + 1} objects applied"
+    return st.Condition(st.PROVISIONED, True, "Applied", applied)
+
+
+def _schedule_message(identity: Identity, now: datetime) -> str:
+    schedule = identity.spec.schedule
+    when: datetime | None
+    if schedule.not_before and now < schedule.not_before:
+        state, when = "not active before", schedule.not_before
+    else:
+        state, when = "expired at", schedule.expires_at
+    return f"schedule: {state} {rfc3339(when) if when else ''}; no bindings, no token"
+
+
+def _token(
+    rt: Runtime,
+    case: Case,
+    sa: Mapping[str, Any],
+    secret: dict[str, Any] | None,
+    mem: Memory,
+) -> TokenState:
+    """Outside the schedule: the Secret deleted (revoking its token). Inside: a valid token,
+    minted or kept; a new one is due for a proof."""
+    identity = case.identity
+    if not case.active:
+        if _revoke(rt, identity, secret):
+            why = "outside the schedule window: token Secret deleted"
+            case.events.append(Event("Normal", "TokenRevoked", why))
+        message = _schedule_message(identity, case.now)
+        return TokenState(st.Condition(st.TOKEN_ISSUED, False, "ScheduleInactive", message))
     token = (
-        _bound_token(rt, identity, sa, live[secret_key], now)
+        _bound_token(rt, identity, sa, secret, case.now)
         if identity.spec.token.type == "Bound"
-        else _legacy_token(rt, identity, live[secret_key])
+        else _legacy_token(rt, identity, secret)
     )
-    # The first token of an identity is part of its provisioning, which its first outcome Event
-    # reports; later ones (rotation, repair) get an Event of their own.
-    if token.issued and (previous.get("token") or {}).get("expiresAt"):
-        events.append(
-            Event(
-                "Normal",
-                "TokenIssued",
-                f"new token minted ({token.why}), valid until {token.expires_at}",
-            )
-        )
     if token.issued:
         mem.verify_soon = True
-    if token.token is None:
-        return _finish(
-            identity,
-            previous,
-            now,
-            [
-                provisioned,
-                token.condition,
-                st.Condition(st.ACCESS_VERIFIED, None, "WaitingForToken", "no token to check yet"),
-            ],
-            token,
-            None,
-            grants,
-            events,
-            LEGACY_WAIT,
-        )
-    if token.refresh_at:
-        wake = min(wake, max(1.0, (token.refresh_at - now).total_seconds()))
-    wake = min(wake, rt.secret_poll_seconds)
+        # The first token of an identity is part of its provisioning, which its first outcome
+        # Event reports; later ones (rotation, repair) get an Event of their own.
+        if (case.previous.get("token") or {}).get("expiresAt"):
+            why = f"new token minted ({token.why}), valid until {token.expires_at}"
+            case.events.append(Event("Normal", "TokenIssued", why))
+    return token
 
+
+def _base_wake(rt: Runtime, case: Case, token: TokenState) -> float:
+    spec = case.identity.spec
+    wake = float(spec.verification.interval_seconds)
+    change = spec.schedule.next_change_after(case.now)
+    if change:
+        wake = min(wake, (change - case.now).total_seconds() + 0.5)
+    if token.token is not None:
+        if token.refresh_at:
+            wake = min(wake, max(1.0, (token.refresh_at - case.now).total_seconds()))
+        wake = min(wake, rt.secret_poll_seconds)
+    return wake
+
+
+# --- prove ---------------------------------------------------------------------------------
+
+
+def _prove(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof:
+    """The self-check with the token, when one is due; failures are asked again after
+    RETRY_DELAYS before they are reported (RBAC reaches the authorizer a moment after it is
+    written)."""
+    identity, now = case.identity, case.now
+    if not case.active:
+        message = _schedule_message(identity, now)
+        return Proof(st.Condition(st.ACCESS_VERIFIED, False, "ScheduleInactive", message), None)
+    if done.token.token is None:
+        waiting = st.Condition(st.ACCESS_VERIFIED, None, "WaitingForToken", "no token to check yet")
+        return Proof(waiting, None, LEGACY_WAIT)
     due = (
         mem.verify_soon
         or mem.verified_generation != identity.generation
         or (mem.next_verify is None or now >= mem.next_verify)
     )
     if not due and mem.last_verification is not None:
-        verified_cond = st.Condition(**mem.last_verification["condition"])
-        return _finish(
-            identity,
-            previous,
-            now,
-            [provisioned, token.condition, verified_cond],
-            token,
-            mem.last_verification["status"],
-            grants,
-            events,
-            min(wake, (mem.next_verify - now).total_seconds() if mem.next_verify else wake),
-        )
+        until_next = (mem.next_verify - now).total_seconds() if mem.next_verify else float("inf")
+        last = mem.last_verification
+        return Proof(st.Condition(**last["condition"]), last["status"], until_next)
 
-    plan, ver = prove(rt, identity, consenting, token.token, token.audiences)
+    plan, ver = prove(rt, identity, case.consenting, done.token.token, done.token.audiences)
     cond = _verified_condition(identity, ver)
     if plan.truncated:
         note = f" ({plan.truncated} allowed checks beyond the limit were not asked)"
         cond = st.Condition(cond.type, cond.status, cond.reason, cond.message + note)
     if cond.status is not True and mem.retries < len(RETRY_DELAYS):
-        # RBAC reaches every authorizer a moment after it is written: ask again before failing.
         delay = RETRY_DELAYS[mem.retries]
         mem.retries += 1
         pending = st.Condition(
             st.ACCESS_VERIFIED, None, VERIFYING, f"re-checking in {delay:.0f}s: {cond.message}"
         )
-        return _finish(
-            identity,
-            previous,
-            now,
-            [provisioned, token.condition, pending],
-            token,
-            previous.get("verification"),
-            grants,
-            events,
-            delay,
-        )
+        return Proof(pending, case.previous.get("verification"), delay)
     mem.retries = 0
     mem.verify_soon = False
     mem.verified_generation = identity.generation
@@ -726,29 +846,30 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
         and ver.rules_hash != mem.rules_hash
         and mem.rules_hash_generation == identity.generation
     ):
-        events.append(
-            Event(
-                "Warning",
-                "EffectiveRulesChanged",
-                "the token's effective rules changed without a change of the spec",
-            )
-        )
+        why = "the token's effective rules changed without a change of the spec"
+        case.events.append(Event("Warning", "EffectiveRulesChanged", why))
     mem.rules_hash, mem.rules_hash_generation = ver.rules_hash, identity.generation
     mem.last_verification = {"condition": cond.__dict__, "status": verification}
-    token_status_extra = {"issuer": ver.jwt.issuer, "keyID": ver.jwt.key_id}
-    result = _finish(
-        identity,
-        previous,
-        now,
-        [provisioned, token.condition, cond],
-        token,
-        verification,
-        grants,
-        events,
-        min(wake, (mem.next_verify - now).total_seconds()),
-        token_status_extra,
+    extra = {"issuer": ver.jwt.issuer, "keyID": ver.jwt.key_id}
+    return Proof(cond, verification, (mem.next_verify - now).total_seconds(), extra)
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def _report(case: Case, done: Applied, proof: Proof) -> Result:
+    return _finish(
+        case.identity,
+        case.previous,
+        case.now,
+        [done.provisioned, done.token.condition, proof.condition],
+        done.token,
+        proof.verification,
+        done.grants,
+        case.events,
+        min(done.wake, proof.wake),
+        proof.token_extra,
     )
-    return result
 
 
 def _finish(

@@ -32,6 +32,7 @@ from support import (
     events_for,
     identity,
     merge_patch,
+    requester_stamp,
     secret_token,
     wait_ready,
     wait_until,
@@ -202,6 +203,9 @@ def test_operator_recovers_its_watches_after_an_api_server_restart(
         timeout=180,
     )
     restarted = time.monotonic()
+    # The requester policy (a MutatingAdmissionPolicy) refuses AppIdentity writes with 503 until
+    # the new API server has published the CRD's schema to its own admission (a few seconds).
+    wait_until(lambda: requester_stamp(cluster), 60, "AppIdentity writes after the restart")
     create(kube, identity("after", namespace, rules=[READ_CONFIGMAPS]))
     wait_ready(kube, namespace, "after", timeout=120)
     recovery = time.monotonic() - restarted

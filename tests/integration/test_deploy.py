@@ -35,6 +35,7 @@ OPERATOR_SA = "appidentity-operator"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
 VAP_NAME = "appidentity-policy"
 MAP_NAME = "appidentity-finalizer"
+REQUESTER_POLICY = "appidentity-requester"
 FINALIZER = "appidentity.dev/finalizer"
 GRANTABLE = "appidentity-operator-grantable"
 AGGREGATE_LABEL = "appidentity.dev/aggregate-to-grantable"
@@ -215,6 +216,10 @@ def test_deploy_renders_every_part(rendered: list[Doc]) -> None:
         ("ValidatingAdmissionPolicyBinding", VAP_NAME),
         ("MutatingAdmissionPolicy", MAP_NAME),
         ("MutatingAdmissionPolicyBinding", MAP_NAME),
+        ("MutatingAdmissionPolicy", REQUESTER_POLICY),
+        ("MutatingAdmissionPolicyBinding", REQUESTER_POLICY),
+        ("ValidatingAdmissionPolicy", REQUESTER_POLICY),
+        ("ValidatingAdmissionPolicyBinding", REQUESTER_POLICY),
         ("Deployment", "appidentity-operator"),
         ("Service", "appidentity-operator-metrics"),
     }
@@ -303,6 +308,7 @@ OPERATOR_RIGHTS = {
     ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "serviceaccounts/token"): {"create"},
     ("", "secrets"): {"get", "create", "patch", "update", "delete"},
+    ("authorization.k8s.io", "subjectaccessreviews"): {"create"},  # the requester check
     **{
         (RBAC, kind): {"get", "list", "watch", "create", "patch", "update", "delete"}
         for kind in ("roles", "rolebindings", "clusterroles", "clusterrolebindings")

@@ -5,15 +5,11 @@ granting beyond that (SPEC section 4)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-import yaml
 from appidentity.kube import Kube
 from support import (
-    REPO,
-    Cluster,
+    OPERATOR_NAMESPACE,
+    OPERATOR_SA,
     Operator,
     condition,
     create,
@@ -21,65 +17,7 @@ from support import (
     identity,
     wait_ready,
     wait_reason,
-    wait_until,
 )
-
-SA_NAMESPACE = "appidentity-system"
-SA_NAME = "appidentity-operator"
-
-
-def _own_kubeconfig(kube: Kube, cluster: Cluster, path: Path) -> Path:
-    response = kube.request_token(SA_NAMESPACE, SA_NAME, 7200, [])
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "c",
-                "cluster": {
-                    "server": cluster.server,
-                    "certificate-authority": str(cluster.ca_file),
-                },
-            }
-        ],
-        "users": [{"name": SA_NAME, "user": {"token": response["status"]["token"]}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": SA_NAME}}],
-        "current-context": "c",
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture(scope="module")
-def own_sa_operator(
-    kube: Kube, cluster: Cluster, operator: Operator, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator]:
-    if not isinstance(operator, Operator):
-        pytest.skip("the in-cluster operator already runs as its own ServiceAccount")
-    for name in ("serviceaccount.yaml", "rbac.yaml", "grantable.yaml"):
-        cluster.run_kubectl("apply", "-f", str(REPO / "deploy" / name))
-    wait_until(
-        lambda: (kube.get("ClusterRole", None, "appidentity-operator-grantable") or {}).get(
-            "rules"
-        ),
-        30,
-        "the grantable ceiling to aggregate",
-    )
-    workdir = tmp_path_factory.mktemp("own-sa")
-    own = Operator(
-        cluster,
-        workdir,
-        workdir / "operator.log",
-        kubeconfig=_own_kubeconfig(kube, cluster, workdir / "operator.kubeconfig"),
-    )
-    operator.stop()
-    own.start()
-    try:
-        yield own
-    finally:
-        own.stop()
-        operator.start()
 
 
 def test_operator_with_its_own_service_account_provisions_and_verifies_within_the_ceiling(
@@ -92,7 +30,7 @@ def test_operator_with_its_own_service_account_provisions_and_verifies_within_th
     # The operator's own RBAC never refused it (other 403s, e.g. a namespace being deleted by
     # an earlier test, are not about its permissions).
     # The log is JSON lines, so the quote before "cannot" may be escaped.
-    denied = re.compile(rf'system:serviceaccount:{SA_NAMESPACE}:{SA_NAME}\\?" cannot')
+    denied = re.compile(rf'system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}\\?" cannot')
     assert not denied.search(own_sa_operator.log())
 
 

@@ -87,8 +87,9 @@ def test_bound_identity_creates_labelled_owned_objects_and_a_working_kubeconfig(
     assert data["namespace"] == namespace
     assert obj["status"]["token"]["expiresAt"] == data["expiresAt"]
     assert obj["status"]["subject"] == f"system:serviceaccount:{namespace}:reader"
-    # kopf keeps no state on the object (no diff-base annotation); the finalizer is its only mark.
-    assert not (obj["metadata"].get("annotations") or {})
+    # kopf keeps no state on the object (no diff-base annotation); the finalizer is its only
+    # mark, besides admission's record of the requester.
+    assert set(obj["metadata"].get("annotations") or {}) == {"appidentity.dev/requester"}
     assert obj["metadata"]["finalizers"] == ["appidentity.dev/finalizer"]
 
     assert kubectl_as(cluster, data["kubeconfig"], tmp_path, "get", "configmaps") == 0
