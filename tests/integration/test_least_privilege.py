@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from appidentity.kube import Kube
 from support import (
     REPO,
@@ -19,6 +18,7 @@ from support import (
     create,
     events_for,
     identity,
+    token_kubeconfig,
     wait_ready,
     wait_reason,
     wait_until,
@@ -30,25 +30,9 @@ SA_NAME = "appidentity-operator"
 
 def _own_kubeconfig(kube: Kube, cluster: Cluster, path: Path) -> Path:
     response = kube.request_token(SA_NAMESPACE, SA_NAME, 7200, [])
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "c",
-                "cluster": {
-                    "server": cluster.server,
-                    "certificate-authority": str(cluster.ca_file),
-                },
-            }
-        ],
-        "users": [{"name": SA_NAME, "user": {"token": response["status"]["token"]}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": SA_NAME}}],
-        "current-context": "c",
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
+    return token_kubeconfig(
+        cluster.server, cluster.ca_file, response["status"]["token"], SA_NAME, path
+    )
 
 
 @pytest.fixture(scope="module")
