@@ -60,6 +60,13 @@ NON_DEFAULT_POLICY = {
     "token": {"maxExpirationSeconds": 1800, "allowLegacy": False},
     "forbiddenVerbs": ["escalate", "bind", "impersonate", "deletecollection"],
 }
+# What the install test sets besides the namespace: the suite's CRD stays (Helm would not adopt
+# it, and deleting it would delete every AppIdentity of the suite).
+INSTALL_VALUES = {
+    "installCRDs": False,
+    "policy": NON_DEFAULT_POLICY,
+    "grantable": {"extraRules": [HPA]},
+}
 
 
 # --- helm --------------------------------------------------------------------------------------
@@ -324,8 +331,9 @@ def cleared_cluster_scope(
     """The chart's cluster-scoped objects have fixed names, like deploy/'s, and Helm will not
     adopt objects it did not create. Objects of those names that another module installed
     from deploy/ are set aside for the test and put back after it."""
-    docs = template(helm_env, tmp_path, {"grantable": {"extraRules": [HPA]}})
+    docs = template(helm_env, tmp_path, INSTALL_VALUES)
     scoped = [d for d in docs if not d["metadata"].get("namespace") and d["kind"] != "Namespace"]
+    assert "CustomResourceDefinition" not in {d["kind"] for d in scoped}
     saved = [obj for obj in (live_copy(cluster, d) for d in scoped) if obj is not None]
     for obj in saved:
         cluster.run_kubectl("delete", "-f", "-", "--wait=true", stdin=json.dumps(obj))
@@ -353,16 +361,7 @@ def test_helm_install_with_a_non_default_policy_is_enforced_by_admission_and_ope
     cluster.run_kubectl("apply", "-f", "-", stdin=json.dumps(earlier))
 
     values = tmp_path / "values.yaml"
-    values.write_text(
-        yaml.safe_dump(
-            {
-                "namespace": {"name": operator_ns},
-                "installCRDs": False,  # the suite's CRD stays; Helm would not adopt it
-                "policy": NON_DEFAULT_POLICY,
-                "grantable": {"extraRules": [HPA]},
-            }
-        )
-    )
+    values.write_text(yaml.safe_dump({"namespace": {"name": operator_ns}, **INSTALL_VALUES}))
     release = ["chart-test", "--namespace", namespace]
     env = helm_env | {"KUBECONFIG": str(cluster.kubeconfig)}
     helm(env, "install", *release, str(CHART), "-f", str(values))
