@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PY_DIRS := $(wildcard operator tests bench)
 
 .PHONY: help deps system-deps venv control-plane cluster cluster-down install run demo demo-down \
-        test unit integration lint fmt render install.yaml bench chaos e2e-kind
+        test unit integration lint fmt render install.yaml bench chaos e2e-kind helm
 
 help: ## this list
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ deps: system-deps venv control-plane
 
 control-plane: system-deps ## compile etcd, kube-apiserver, controller-manager, kubectl once (cached)
 	@bash hack/build-control-plane.sh >/dev/null
+
+helm: system-deps ## compile the Helm CLI once (pinned in hack/helm/go.mod, cached), linked as bin/helm
+	@mkdir -p bin && ln -sfn "$$(bash hack/build-helm.sh | tail -n 1)" bin/helm
 
 cluster: control-plane ## start the local control plane; prints the KUBECONFIG export line
 	@bash hack/cluster.sh up $(STATE)
@@ -70,15 +73,16 @@ fmt: venv
 unit: venv ## unit tests of the pure logic (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test: deps lint ## everything: lint, unit and integration tests against a real API server
+test: deps helm lint ## everything: lint, unit and integration tests against a real API server
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 render: venv ## print what the examples would create (no cluster needed)
 	$(VENV)/bin/appidentity-operator render -f examples/ 2>/dev/null || \
 	  for f in examples/*.yaml; do $(VENV)/bin/appidentity-operator render -n default -f $$f; done
 
-install.yaml: control-plane ## regenerate deploy/install.yaml from the kustomization
+install.yaml: control-plane ## regenerate deploy/install.yaml (and the chart's copies of the CRD and requester policy)
 	$(KUBECTL) kustomize deploy/ > deploy/install.yaml
+	cp crds/appidentity.dev_appidentities.yaml deploy/requester-policy.yaml charts/appidentity-operator/files/
 
 N ?= 1,100,1000
 bench: deps ## time to Ready, API requests, memory, restart; vs kubectl and a plain client (N=1,100,1000)

@@ -27,15 +27,14 @@ kind load docker-image "$image" --name "$name"
 # The CRD first, so that everything referring to its kind can be applied.
 k apply -k crds/
 k wait --for=condition=Established --timeout=60s crd/appidentities.appidentity.dev
-k apply -k deploy/
-# The suite's policy (tests/policy.yaml): the defaults plus cluster-wide rules for one namespace,
-# in the operator's ConfigMap and in the admission policy's clusterRulesAllowedNamespaces (index 5).
-k -n appidentity-system create configmap appidentity-policy \
-  --from-file=policy.yaml=tests/policy.yaml --dry-run=client -o yaml | k apply -f -
-namespaces=$(.venv/bin/python -c 'import json,yaml; print(json.dumps(yaml.safe_load(open("tests/policy.yaml"))["clusterRules"]["allowedNamespaces"]))')
-k patch validatingadmissionpolicy appidentity-policy --type=json -p "[
-  {\"op\": \"test\", \"path\": \"/spec/variables/5/name\", \"value\": \"clusterRulesAllowedNamespaces\"},
-  {\"op\": \"replace\", \"path\": \"/spec/variables/5/expression\", \"value\": $(printf '%s' "$namespaces" | .venv/bin/python -c 'import json,sys; print(json.dumps(sys.stdin.read()))')}]"
+# deploy/ with the suite's policy (tests/policy.yaml: the defaults plus cluster-wide rules for
+# one namespace), the documented way: one policy file, a kustomize Component generated from it.
+overlay="$repo/.state/kind-overlay"
+mkdir -p "$overlay/policy"
+.venv/bin/appidentity-operator policy-manifests --policy tests/policy.yaml \
+  >"$overlay/policy/kustomization.yaml"
+printf 'resources: [../../deploy]\ncomponents: [policy]\n' >"$overlay/kustomization.yaml"
+k apply -k "$overlay"
 k -n appidentity-system rollout restart deployment/appidentity-operator
 k -n appidentity-system rollout status deployment/appidentity-operator --timeout=180s
 

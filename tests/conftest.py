@@ -35,6 +35,7 @@ from support import (
     Operator,
     Token,
     requester_stamp,
+    token_kubeconfig,
     wait_until,
 )
 
@@ -293,25 +294,8 @@ def operator(
 def _own_kubeconfig(kube: Kube, cluster: Cluster, path: Path) -> Path:
     """A kubeconfig with a token of deploy/'s operator ServiceAccount and nothing else."""
     response = kube.request_token(OPERATOR_NAMESPACE, OPERATOR_SA, 7200, [])
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "c",
-                "cluster": {
-                    "server": cluster.server,
-                    "certificate-authority": str(cluster.ca_file),
-                },
-            }
-        ],
-        "users": [{"name": OPERATOR_SA, "user": {"token": response["status"]["token"]}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": OPERATOR_SA}}],
-        "current-context": "c",
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
+    token = response["status"]["token"]
+    return token_kubeconfig(cluster.server, cluster.ca_file, token, OPERATOR_SA, path)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,11 @@ drive and observe AppIdentities through the project's own API layer."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +21,8 @@ from typing import Any
 
 import yaml
 from appidentity.kube import Http, Kube, path_for
+from appidentity.policy import Policy
+from appidentity.policy_manifests import ADMISSION_PARAMETERS, ADMISSION_POLICY
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
@@ -55,11 +59,14 @@ class Cluster:
     kubectl: str
     external: bool  # True when APPID_TEST_KUBECONFIG named it: not ours to start or stop
 
-    def run_kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run_kubectl(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Runs kubectl against this cluster only, whatever KUBECONFIG the shell exports."""
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         return subprocess.run(
             [self.kubectl, "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin,
             env=env,
             capture_output=True,
             text=True,
@@ -184,6 +191,68 @@ class InClusterOperator:
     def metrics(self) -> str:
         path = f"/api/v1/namespaces/{self.namespace}/services/{self.deployment}-metrics:8080/proxy/metrics"
         return self.cluster.run_kubectl("get", "--raw", path).stdout
+
+
+def token_kubeconfig(server: str, ca_file: Path, token: str, user: str, path: Path) -> Path:
+    """A kubeconfig that authenticates with the bearer token alone (no client certificate), so
+    what its client may do is exactly what the token's ServiceAccount may do."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "test",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority": str(ca_file),
+                },
+            }
+        ],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
+        "current-context": "test",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def cel_literal(expression: str) -> Any:
+    """The value of a constant CEL expression (bool, int, list of strings), in either quote
+    style: deploy/ writes ['view'], the chart and policy-manifests write JSON."""
+    text = " ".join(expression.split())
+    if text in ("true", "false"):
+        return text == "true"
+    return ast.literal_eval(text)
+
+
+def policy_of_admission(vap: dict[str, Any]) -> Policy:
+    """The policy a ValidatingAdmissionPolicy's parameter variables enforce, read back into the
+    operator's own model, so it can be compared with the ConfigMap's."""
+    variables = {v["name"]: v["expression"] for v in vap["spec"]["variables"]}
+    document: dict[str, Any] = {}
+    for name, path in ADMISSION_PARAMETERS.items():
+        *parents, leaf = path
+        node = document
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = cel_literal(variables[name])
+    return Policy.model_validate(document)
+
+
+def admission_refusal(cluster: Cluster, doc: dict[str, Any]) -> list[str] | None:
+    """None if a server-side dry run accepts the AppIdentity, else the admission policy's
+    messages (one per violation, as the operator words them)."""
+    done = cluster.run_kubectl(
+        "apply", "--dry-run=server", "-f", "-", stdin=json.dumps(doc), check=False
+    )
+    if done.returncode == 0:
+        return None
+    match = re.search(
+        rf"ValidatingAdmissionPolicy '{ADMISSION_POLICY}' .*denied request: (.*)", done.stderr
+    )
+    assert match, f"refused, but not by the admission policy:\n{done.stderr}"
+    return [m.strip() for m in match.group(1).strip().split("; ")]
 
 
 def wait_until(

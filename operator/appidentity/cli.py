@@ -191,6 +191,14 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _cmd_policy_manifests(args: argparse.Namespace) -> int:
+    from .policy import load_policy
+    from .policy_manifests import component_yaml
+
+    sys.stdout.write(component_yaml(load_policy(args.policy), source=str(args.policy)))
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="appidentity-operator", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -242,6 +250,13 @@ def parser() -> argparse.ArgumentParser:
     )
     render.add_argument("--policy", type=Path, help="also check against this operator policy")
     render.set_defaults(func=_cmd_render)
+
+    manifests = sub.add_parser(
+        "policy-manifests",
+        help="print a kustomize Component that installs a policy file everywhere deploy/ needs it",
+    )
+    manifests.add_argument("--policy", type=Path, required=True, help="operator policy YAML")
+    manifests.set_defaults(func=_cmd_policy_manifests)
 
     for c in (run, *[sub.choices[n] for n in ("kubeconfig", "check")]):
         c.add_argument(

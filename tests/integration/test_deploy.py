@@ -9,11 +9,9 @@ created it: another module may have installed the CRD or the whole of deploy/ be
 
 from __future__ import annotations
 
-import ast
 import copy
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -26,6 +24,9 @@ import pytest
 import yaml
 from appidentity.model import parse_identity
 from appidentity.policy import Policy, check, load_policy
+from appidentity.policy_manifests import BIND_ROLE, component_yaml
+from support import admission_refusal as admission
+from support import policy_of_admission, token_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -161,20 +162,6 @@ def identity(namespace: str, spec: Doc, name: str = "probe") -> Doc:
     }
 
 
-def admission(cluster: ClusterLike, doc: Doc) -> list[str] | None:
-    """None if a server-side dry run accepts the AppIdentity, else the policy's messages."""
-    done = kubectl(
-        cluster, "apply", "--dry-run=server", "-f", "-", stdin=json.dumps(doc), check=False
-    )
-    if done.returncode == 0:
-        return None
-    match = re.search(
-        rf"ValidatingAdmissionPolicy '{VAP_NAME}' .*denied request: (.*)", done.stderr
-    )
-    assert match, f"refused, but not by the admission policy:\n{done.stderr}"
-    return [m.strip() for m in match.group(1).strip().split("; ")]
-
-
 def operator_messages(doc: Doc, policy: Policy) -> list[str]:
     return [str(v) for v in check(parse_identity(copy.deepcopy(doc)), policy)]
 
@@ -208,6 +195,8 @@ def test_deploy_renders_every_part(rendered: list[Doc]) -> None:
         ("ServiceAccount", OPERATOR_SA),
         ("ClusterRole", "appidentity-operator"),
         ("ClusterRoleBinding", "appidentity-operator"),
+        ("ClusterRole", BIND_ROLE),
+        ("ClusterRoleBinding", BIND_ROLE),
         ("ClusterRole", GRANTABLE),
         ("ClusterRoleBinding", GRANTABLE),
         ("ClusterRole", "appidentity-operator-grantable-defaults"),
@@ -319,18 +308,22 @@ OPERATOR_RIGHTS = {
 def test_operator_cluster_role_is_exactly_what_the_operator_calls(
     rendered: list[Doc], operator_policy: Policy
 ) -> None:
-    role = find(rendered, "ClusterRole", "appidentity-operator")
+    rules = [
+        rule
+        for name in ("appidentity-operator", BIND_ROLE)
+        for rule in find(rendered, "ClusterRole", name)["rules"]
+    ]
     expected = {
         (group, resource, verb, "")
         for (group, resource), verbs in OPERATOR_RIGHTS.items()
         for verb in verbs
     } | {(RBAC, "clusterroles", "bind", name) for name in operator_policy.allowed_cluster_roles}
-    assert flat(role["rules"]) == expected
-    assert not any("nonResourceURLs" in r for r in role["rules"])
+    assert flat(rules) == expected
+    assert not any("nonResourceURLs" in r for r in rules)
 
 
 def test_bindings_name_the_operator_service_account(rendered: list[Doc]) -> None:
-    for name in ("appidentity-operator", GRANTABLE):
+    for name in ("appidentity-operator", BIND_ROLE, GRANTABLE):
         binding = find(rendered, "ClusterRoleBinding", name)
         assert binding["roleRef"] == {"apiGroup": RBAC, "kind": "ClusterRole", "name": name}
         assert binding["subjects"] == [
@@ -370,57 +363,11 @@ def test_policy_configmap_holds_the_safe_defaults(operator_policy: Policy) -> No
     assert operator_policy == Policy()
 
 
-def cel_literal(expression: str) -> Any:
-    """The value of a constant CEL expression (bool, int, list of strings)."""
-    text = " ".join(expression.split())
-    if text in ("true", "false"):
-        return text == "true"
-    return ast.literal_eval(text)
-
-
-def admission_parameters(vap: Doc) -> dict[str, Any]:
-    variables = {v["name"]: v["expression"] for v in vap["spec"]["variables"]}
-    names = [
-        "allowWildcards",
-        "secretsAllowList",
-        "secretsAllowWatch",
-        "secretsGetRequiresResourceNames",
-        "allowedClusterRoles",
-        "clusterRulesAllowedNamespaces",
-        "maxExpirationSeconds",
-        "allowLegacy",
-        "forbiddenVerbs",
-        "forbiddenResources",
-    ]
-    return {name: cel_literal(variables[name]) for name in names}
-
-
-def policy_of_parameters(params: dict[str, Any]) -> Policy:
-    return Policy.model_validate(
-        {
-            "allowWildcards": params["allowWildcards"],
-            "forbiddenVerbs": params["forbiddenVerbs"],
-            "forbiddenResources": params["forbiddenResources"],
-            "secrets": {
-                "allowList": params["secretsAllowList"],
-                "allowWatch": params["secretsAllowWatch"],
-                "getRequiresResourceNames": params["secretsGetRequiresResourceNames"],
-            },
-            "allowedClusterRoles": params["allowedClusterRoles"],
-            "clusterRules": {"allowedNamespaces": params["clusterRulesAllowedNamespaces"]},
-            "token": {
-                "maxExpirationSeconds": params["maxExpirationSeconds"],
-                "allowLegacy": params["allowLegacy"],
-            },
-        }
-    )
-
-
 def test_admission_policy_parameters_match_the_operator_policy(
     rendered: list[Doc], operator_policy: Policy
 ) -> None:
     vap = find(rendered, "ValidatingAdmissionPolicy", VAP_NAME)
-    assert policy_of_parameters(admission_parameters(vap)) == operator_policy, (
+    assert policy_of_admission(vap) == operator_policy, (
         "the admission policy's parameter variables differ from operator-policy.yaml"
     )
 
@@ -683,7 +630,7 @@ def admission_policy(installer: Installer, rendered: list[Doc]) -> Doc:
         "the admission policy to take effect",
     )
     installed = live(installer.cluster, vap)
-    if admission_parameters(installed) != admission_parameters(vap):
+    if policy_of_admission(installed) != policy_of_admission(vap):
         pytest.skip("the cluster's admission policy is customised; these cases assume deploy/'s")
     return installed
 
@@ -882,53 +829,89 @@ def test_admission_policy_refuses_what_the_operator_refuses(
     assert sorted(got) == sorted(ours), "the admission policy and the operator disagree"
 
 
-def overlay(tmp_path: Path, params: dict[str, str]) -> Doc:
-    """The admission policy as a kustomize overlay of deploy/ with other parameter values
-    renders it: the way admins are told to change them."""
-    base = find(
-        [d for d in yaml.safe_load_all(render()) if d], "ValidatingAdmissionPolicy", VAP_NAME
+def overlay(tmp_path: Path, policy: Doc) -> list[Doc]:
+    """deploy/ with another policy, the way admins are told to change it: one policy file,
+    turned by `appidentity-operator policy-manifests` into a kustomize Component that an
+    overlay of deploy/ lists. Returns the overlay rendered."""
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(policy))
+    component = tmp_path / "policy"
+    component.mkdir()
+    (component / "kustomization.yaml").write_text(
+        component_yaml(load_policy(policy_file), source="policy.yaml")
     )
-    index = {v["name"]: i for i, v in enumerate(base["spec"]["variables"])}
-    ops = []
-    for name, expression in params.items():
-        ops += [
-            {"op": "test", "path": f"/spec/variables/{index[name]}/name", "value": name},
-            {
-                "op": "replace",
-                "path": f"/spec/variables/{index[name]}/expression",
-                "value": expression,
-            },
-        ]
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": [os.path.relpath(DEPLOY, tmp_path)],
-        "patches": [
-            {
-                "target": {"kind": "ValidatingAdmissionPolicy", "name": VAP_NAME},
-                "patch": yaml.safe_dump(ops),
-            }
-        ],
+        "components": ["policy"],
     }
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-    docs = [d for d in yaml.safe_load_all(render(tmp_path)) if d]
-    return find(docs, "ValidatingAdmissionPolicy", VAP_NAME)
+    return [d for d in yaml.safe_load_all(render(tmp_path)) if d]
+
+
+def configmap_policy(docs: list[Doc], tmp_path: Path) -> Policy:
+    """The policy the operator reads from the rendered ConfigMap, loaded as it loads it."""
+    path = tmp_path / "configmap-policy.yaml"
+    path.write_text(find(docs, "ConfigMap", "appidentity-policy")["data"]["policy.yaml"])
+    return load_policy(path)
+
+
+NON_DEFAULT_POLICY = {
+    "allowedClusterRoles": ["view", "edit"],
+    "clusterRules": {"allowedNamespaces": ["team-infra"]},
+    "forbiddenVerbs": ["escalate", "bind", "impersonate", "deletecollection"],
+    "secrets": {"allowList": True},
+    "token": {"maxExpirationSeconds": 7200, "allowLegacy": False},
+}
+
+
+def test_policy_component_puts_one_policy_file_everywhere(
+    rendered: list[Doc], tmp_path: Path
+) -> None:
+    """Operator, admission policy and the operator's `bind` right all get the one file's policy,
+    and nothing else of deploy/ changes."""
+    docs = overlay(tmp_path, NON_DEFAULT_POLICY)
+    written = load_policy(tmp_path / "policy.yaml")
+    assert written != Policy()
+    assert configmap_policy(docs, tmp_path) == written
+    assert policy_of_admission(find(docs, "ValidatingAdmissionPolicy", VAP_NAME)) == written
+    bind = find(docs, "ClusterRole", BIND_ROLE)
+    assert flat(bind["rules"]) == {(RBAC, "clusterroles", "bind", r) for r in ("view", "edit")}
+    changed = {("ConfigMap", "appidentity-policy"), ("ValidatingAdmissionPolicy", VAP_NAME)}
+    changed.add(("ClusterRole", BIND_ROLE))
+
+    def others(found: list[Doc]) -> list[Doc]:
+        return [d for d in found if (d["kind"], d["metadata"]["name"]) not in changed]
+
+    assert others(docs) == others(rendered), "the policy component changed more than the policy"
+
+
+def test_policy_component_without_allowed_roles_grants_no_bind(tmp_path: Path) -> None:
+    """An empty allowlist must not become `bind` with empty resourceNames (every ClusterRole)."""
+    docs = overlay(tmp_path, {"allowedClusterRoles": []})
+    assert find(docs, "ClusterRole", BIND_ROLE)["rules"] == []
+    assert (
+        policy_of_admission(find(docs, "ValidatingAdmissionPolicy", VAP_NAME)).allowed_cluster_roles
+        == []
+    )
 
 
 def test_changed_parameters_change_the_admission_policy_like_the_operator_policy(
     cluster: ClusterLike, admission_policy: Doc, namespace: str, tmp_path: Path
 ) -> None:
-    custom = overlay(
+    docs = overlay(
         tmp_path,
         {
-            "allowedClusterRoles": "['view', 'edit']",
-            "clusterRulesAllowedNamespaces": f"['{namespace}']",
-            "maxExpirationSeconds": "7200",
-            "allowLegacy": "false",
-            "secretsAllowList": "true",
+            "allowedClusterRoles": ["view", "edit"],
+            "clusterRules": {"allowedNamespaces": [namespace]},
+            "token": {"maxExpirationSeconds": 7200, "allowLegacy": False},
+            "secrets": {"allowList": True},
         },
     )
-    policy = policy_of_parameters(admission_parameters(custom))
+    custom = find(docs, "ValidatingAdmissionPolicy", VAP_NAME)
+    policy = configmap_policy(docs, tmp_path)
+    assert policy_of_admission(custom) == policy
     assert policy.allowed_cluster_roles == ["view", "edit"]
     assert policy.token.allow_legacy is False
 
@@ -995,28 +978,9 @@ def test_operator_works_with_only_the_rbac_in_deploy(
     token = kubectl(
         cluster, "create", "token", OPERATOR_SA, "-n", OPERATOR_NS, "--duration=1h"
     ).stdout.strip()
-    kubeconfig = tmp_path / "operator.kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "test",
-                        "cluster": {
-                            "server": cluster.server,
-                            "certificate-authority": str(cluster.ca_file),
-                        },
-                    }
-                ],
-                "users": [{"name": OPERATOR_SA, "user": {"token": token}}],
-                "contexts": [{"name": "test", "context": {"cluster": "test", "user": OPERATOR_SA}}],
-                "current-context": "test",
-            }
-        )
+    kubeconfig = token_kubeconfig(
+        cluster.server, cluster.ca_file, token, OPERATOR_SA, tmp_path / "operator.kubeconfig"
     )
-    kubeconfig.chmod(0o600)
     policy = tmp_path / "policy.yaml"
     policy.write_text(find(rendered, "ConfigMap", "appidentity-policy")["data"]["policy.yaml"])
     log_path = tmp_path / "operator.log"
