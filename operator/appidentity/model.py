@@ -214,15 +214,6 @@ class AppIdentitySpec(_Model):
             raise ValueError("duplicate namespace names")
         return v
 
-    @model_validator(mode="after")
-    def _grants_something(self) -> AppIdentitySpec:
-        if not (self.rules or self.cluster_roles or self.namespaces or self.cluster_rules):
-            raise ValueError(
-                "grants nothing; set at least one of spec.rules, spec.clusterRoles, "
-                "spec.namespaces, spec.clusterRules"
-            )
-        return self
-
 
 class Identity(_Model):
     """Everything the pure decisions need to know about one AppIdentity object."""
@@ -318,6 +309,8 @@ def parse_identity(body: dict[str, Any]) -> Identity:
             f"metadata.name: must be a DNS-1123 label of at most {MAX_IDENTITY_NAME} characters"
         )
     try:
+        if body.get("spec") is None:
+            problems.append("spec: Required value")  # the CRD's `required: [spec]`
         spec = AppIdentitySpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         for err in exc.errors(include_url=False, include_input=False):

@@ -203,7 +203,12 @@ CASES = [
         "spec.clusterRoles[0]",
         "must be a ClusterRole name",
     ),
-    Case("grants-nothing", {}, "spec", "grants nothing"),
+    Case(
+        "namespace-grant-with-empty-lists",
+        {"namespaces": [{"name": "other", "rules": [], "clusterRoles": []}]},
+        "spec.namespaces[0]",
+        "set rules or clusterRoles",
+    ),
     Case("too-many-rules", {"rules": rules(33)}, "spec.rules", "must have at most 32 items"),
     Case(
         "too-many-verbs",

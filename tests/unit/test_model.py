@@ -411,14 +411,19 @@ def test_metadata_and_spec_problems_are_reported_together(body: BodyFactory) -> 
 # --- what the spec grants -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", [{}, None], ids=["empty", "absent"])
-def test_spec_that_grants_nothing_is_refused(
-    body: BodyFactory, spec: dict[str, Any] | None
-) -> None:
-    assert problems_of(body(spec)) == [
-        "spec: grants nothing; set at least one of spec.rules, spec.clusterRoles, "
-        "spec.namespaces, spec.clusterRules"
-    ]
+@pytest.mark.parametrize(
+    "spec",
+    [{}, {"rules": []}, {"rules": [], "clusterRoles": [], "namespaces": [], "clusterRules": []}],
+    ids=["empty", "empty-rules", "every-grant-empty"],
+)
+def test_spec_without_any_grant_is_valid(body: BodyFactory, spec: dict[str, Any]) -> None:
+    """An identity that only authenticates elsewhere: a ServiceAccount and token, no grant."""
+    identity = parse_identity(body(spec))
+    assert identity.spec.rules == () and identity.spec.cluster_rules == ()
+
+
+def test_absent_spec_is_refused_as_the_crd_requires_it(body: BodyFactory) -> None:
+    assert problems_of(body(None)) == ["spec: Required value"]
 
 
 def test_duplicate_namespace_grants_are_refused(body: BodyFactory) -> None:
@@ -431,8 +436,13 @@ def test_duplicate_namespace_grants_are_refused(body: BodyFactory) -> None:
     assert problems_of(body(spec)) == ["spec.namespaces: duplicate namespace names"]
 
 
-def test_namespace_grant_that_grants_nothing_is_refused(body: BodyFactory) -> None:
-    assert problems_of(body({"namespaces": [{"name": "team-b"}]})) == [
+@pytest.mark.parametrize(
+    "grant", [{"name": "team-b"}, {"name": "team-b", "rules": [], "clusterRoles": []}]
+)
+def test_namespace_grant_that_grants_nothing_is_refused(
+    body: BodyFactory, grant: dict[str, Any]
+) -> None:
+    assert problems_of(body({"namespaces": [grant]})) == [
         "spec.namespaces[0]: set rules or clusterRoles"
     ]
 
