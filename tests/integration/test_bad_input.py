@@ -63,14 +63,24 @@ CASES = [
     Case(
         "non-resource-url-in-rules",
         {"rules": [{**PODS, "nonResourceURLs": ["/healthz"]}]},
-        "spec.rules[0]",
-        "nonResourceURLs: only allowed in spec.clusterRules",
+        "spec.rules[0].nonResourceURLs",
+        "only spec.clusterRules may hold nonResourceURLs",
+    ),
+    Case(
+        "non-resource-url-rule-in-rules",  # written as for clusterRules: no apiGroups, resources
+        {"rules": [{"nonResourceURLs": ["/healthz"], "verbs": ["get"]}]},
+        "spec.rules[0].nonResourceURLs",
+        "only spec.clusterRules may hold nonResourceURLs",
     ),
     Case(
         "non-resource-url-in-namespace-grant",
-        {"namespaces": [{"name": "other", "rules": [{**PODS, "nonResourceURLs": ["/x"]}]}]},
-        "spec.namespaces[0].rules[0]",
-        "nonResourceURLs: only allowed in spec.clusterRules",
+        {
+            "namespaces": [
+                {"name": "other", "rules": [{"nonResourceURLs": ["/x"], "verbs": ["get"]}]}
+            ]
+        },
+        "spec.namespaces[0].rules[0].nonResourceURLs",
+        "only spec.clusterRules may hold nonResourceURLs",
     ),
     Case(
         "cluster-rule-mixes-urls-and-resources",

@@ -322,7 +322,7 @@ def test_schedule_keeps_bindings_and_token_away_until_not_before(
                     }
                 ]
             },
-            "only allowed in spec.clusterRules",
+            "only spec.clusterRules may hold nonResourceURLs",
         ),
         (
             {"rules": [READ_CONFIGMAPS], "token": {"expirationSeconds": 60}},

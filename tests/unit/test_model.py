@@ -51,7 +51,8 @@ def test_empty_verbs_list_is_refused(body: BodyFactory) -> None:
 def test_non_resource_urls_refused_in_spec_rules(body: BodyFactory) -> None:
     rule = {"nonResourceURLs": ["/metrics"], "verbs": ["get"]}
     assert problems_of(body({"rules": [rule]})) == [
-        "spec.rules[0]: nonResourceURLs: only allowed in spec.clusterRules"
+        "spec.rules[0].nonResourceURLs: only spec.clusterRules may hold nonResourceURLs; "
+        "a namespaced rule names apiGroups and resources"
     ]
 
 
@@ -66,7 +67,8 @@ def test_non_resource_urls_refused_in_namespace_grant_rules(body: BodyFactory) -
         ]
     }
     assert problems_of(body(spec)) == [
-        "spec.namespaces[1].rules[1]: nonResourceURLs: only allowed in spec.clusterRules"
+        "spec.namespaces[1].rules[1].nonResourceURLs: only spec.clusterRules may hold "
+        "nonResourceURLs; a namespaced rule names apiGroups and resources"
     ]
 
 
@@ -433,7 +435,7 @@ def test_duplicate_namespace_grants_are_refused(body: BodyFactory) -> None:
             {"name": "team-b", "rules": [POD_READER]},
         ]
     }
-    assert problems_of(body(spec)) == ["spec.namespaces: duplicate namespace names"]
+    assert problems_of(body(spec)) == ["spec.namespaces[1]: Duplicate value: 'team-b'"]
 
 
 @pytest.mark.parametrize(
@@ -452,7 +454,7 @@ def test_namespace_grant_that_grants_nothing_is_refused(
     [
         (["View!"], "spec.clusterRoles[0]: 'View!' is not a ClusterRole name"),
         (["view", "Admin"], "spec.clusterRoles[1]: 'Admin' is not a ClusterRole name"),
-        (["view", "view"], "spec.clusterRoles: duplicate entries"),
+        (["view", "view"], "spec.clusterRoles[1]: Duplicate value: 'view'"),
         ([":view"], "spec.clusterRoles[0]: ':view' is not a ClusterRole name"),
     ],
 )
