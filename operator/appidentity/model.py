@@ -77,8 +77,10 @@ ClusterRoleName = Annotated[str, AfterValidator(_cluster_role_name)]
 class Rule(_Model):
     """One RBAC PolicyRule, as written in the spec."""
 
-    api_groups: tuple[Group, ...] = Field(default=(), max_length=16)
-    resources: tuple[Text, ...] = Field(default=(), max_length=32)
+    # Absent or non-empty, as in the CRD (minItems 1); whether absent is allowed is the
+    # subclass's business.
+    api_groups: tuple[Group, ...] = Field(default=(), min_length=1, max_length=16)
+    resources: tuple[Text, ...] = Field(default=(), min_length=1, max_length=32)
     verbs: tuple[Verb, ...] = Field(min_length=1, max_length=16)
     resource_names: tuple[Text, ...] = Field(default=(), max_length=64)
     non_resource_urls: tuple[Url, ...] = Field(
@@ -317,14 +319,27 @@ class SpecError(ValueError):
         self.problems = problems
 
 
+MAPS = ("labels", "annotations")  # their keys are the user's, never camel-cased
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
-    path = "spec"
+    path, previous = "spec", ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
-            path += f".{to_camel(part) if '_' in part else part}"
+            path += f".{to_camel(part) if '_' in part and previous not in MAPS else part}"
+        previous = str(part)
     return path
+
+
+def _item_artefact(err: Any, errors: list[Any]) -> bool:
+    """pydantic counts a list's length after dropping its invalid items, so one bad item of
+    a one-item list also reads "too short"; the API server (and the user) hear of the item."""
+    loc = err["loc"]
+    return err["type"] == "too_short" and any(
+        len(other["loc"]) > len(loc) and other["loc"][: len(loc)] == loc for other in errors
+    )
 
 
 def parse_identity(body: dict[str, Any]) -> Identity:
@@ -342,7 +357,8 @@ def parse_identity(body: dict[str, Any]) -> Identity:
             problems.append("spec: Required value")  # the CRD's `required: [spec]`
         spec = AppIdentitySpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
-        for err in exc.errors(include_url=False, include_input=False):
+        errors = exc.errors(include_url=False, include_input=False)
+        for err in [e for e in errors if not _item_artefact(e, errors)]:
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
             cause = (err.get("ctx") or {}).get("error")
             if isinstance(cause, FieldProblem):
