@@ -459,7 +459,9 @@ def public_openid(issuer: str, ca_file: str | None = None) -> tuple[str, dict[st
     context = ssl.create_default_context(cafile=ca_file)
 
     def get(url: str) -> dict[str, Any]:
-        request = UrlRequest(url, headers={"Accept": "application/json"})
+        # the API server's /openid/v1/jwks answers only to the JWK set type (else 406)
+        accept = "application/json, application/jwk-set+json"
+        request = UrlRequest(url, headers={"Accept": accept})
         with urlopen(request, context=context, timeout=TIMEOUT[1]) as response:
             found: dict[str, Any] = json.loads(response.read())
             return found
