@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PY_DIRS := $(wildcard operator tests bench)
 
 .PHONY: help deps system-deps venv control-plane cluster cluster-down install run demo demo-down \
-        test unit integration lint fmt render install.yaml bench chaos e2e-kind helm
+        test unit integration lint fmt render install.yaml bench chaos judge e2e-kind helm
 
 help: ## this list
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -91,6 +91,12 @@ bench: deps ## time to Ready, API requests, memory, restart; vs kubectl and a pl
 chaos: deps ## the fault suite in full: 50 identities, 20 SIGKILLs, 10 repairs per kind
 	APPID_CHAOS_IDENTITIES=50 APPID_CHAOS_KILLS=20 APPID_CHAOS_REPEATS=10 \
 	  $(PY) -m pytest tests/chaos -v $(PYTEST_ARGS)
+
+JUDGE_EXAMPLES ?= 5000
+JUDGE_SEED ?= $(shell date +%s)
+judge: deps ## the one-judge property test, longer: admission vs operator on JUDGE_EXAMPLES specs
+	APPID_JUDGE_EXAMPLES=$(JUDGE_EXAMPLES) APPID_JUDGE_SEED=$(JUDGE_SEED) \
+	  $(PY) -m pytest tests/integration/test_one_judge.py -s $(PYTEST_ARGS)
 
 e2e-kind: ## for machines with Docker: kind cluster, image, deploy/, the same e2e suite
 	@bash hack/e2e-kind.sh

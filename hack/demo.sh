@@ -74,8 +74,10 @@ echo "== what the self-check proved"
 "$kubectl" get appidentities -A -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name}: {.status.verification.allowedChecks} allowed and {.status.verification.deniedChecks} denied checks passed as {.status.verification.authenticatedAs}, signed by key {.status.token.keyID}{"\n"}{end}'
 echo
 echo "== use an identity (its kubeconfig is in its Secret):"
-"$kubectl" get appidentities -A -o jsonpath='{range .items[*]}  .venv/bin/appidentity-operator kubeconfig {.metadata.name} -n {.metadata.namespace} > {.metadata.name}.kubeconfig && kubectl --kubeconfig {.metadata.name}.kubeconfig auth can-i --list{"\n"}{end}'
+"$kubectl" get appidentities -A -o jsonpath='{range .items[?(@.spec.token.kubeconfig==true)]}  .venv/bin/appidentity-operator kubeconfig {.metadata.name} -n {.metadata.namespace} > {.metadata.name}.kubeconfig && kubectl --kubeconfig {.metadata.name}.kubeconfig auth can-i --list{"\n"}{end}'
 echo
+echo "  a token for another service (as that service verifies it):"
+echo "    kubectl get secret vault-client-token -n team-a -o jsonpath='{.data.token}' | base64 -d | .venv/bin/appidentity-operator verify-token --audience vault"
 echo "  every check, one identity:  .venv/bin/appidentity-operator check pod-reader -n team-a"
 echo "  metrics:                    curl -s localhost:$metrics_port/metrics | grep ^appidentity_"
 echo "  cluster:                    export KUBECONFIG=$KUBECONFIG"

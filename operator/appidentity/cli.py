@@ -1,5 +1,6 @@
 """`appidentity-operator`: run the operator, print an identity's kubeconfig, re-run its
-self-check on demand, or render what an AppIdentity would create (no cluster needed)."""
+self-check on demand, render what an AppIdentity would create (no cluster needed), or verify
+a ServiceAccount token as an external service would (`verify-token`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +201,54 @@ def _cmd_policy_manifests(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _issuer_keys(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """(expected issuer, JWKS): from a JWKS file (offline), the issuer's public discovery
+    document (--issuer alone), or the API server with the kubeconfig's credentials."""
+    if args.jwks:
+        if not args.issuer:
+            raise ValueError("--jwks needs --issuer: the iss the token must carry")
+        jwks: dict[str, Any] = json.loads(Path(args.jwks).read_text())
+        return args.issuer, jwks
+    if args.issuer and not args.kubeconfig:
+        from .kube import public_openid
+
+        issuer, jwks = public_openid(args.issuer, args.ca)
+    else:
+        from .kube import Kube
+
+        issuer, jwks = Kube.connect(args.kubeconfig).openid()
+    if args.issuer and issuer != args.issuer:
+        raise ValueError(f"the discovery document names issuer {issuer!r}, not {args.issuer!r}")
+    return issuer, jwks
+
+
+def _cmd_verify_token(args: argparse.Namespace) -> int:
+    from .verify.jwt import verify_token
+
+    text = sys.stdin.read() if args.token_file == "-" else Path(args.token_file).read_text()
+    token = text.strip()
+    if not token:
+        raise ValueError(f"no token in {'stdin' if args.token_file == '-' else args.token_file}")
+    issuer, jwks = _issuer_keys(args)
+    result = verify_token(token, jwks, issuer, args.audience, args.subject)
+    if not result.ok:
+        print(f"invalid: {result.reason}", file=sys.stderr)
+        return EXIT_FAILED
+    claims = dict(result.claims)
+    times = {
+        k: datetime.fromtimestamp(claims[k], UTC).isoformat()
+        for k in ("iat", "nbf", "exp")
+        if k in claims
+    }
+    sys.stdout.write(
+        yaml.safe_dump(
+            {"valid": True, "keyID": result.key_id, "claims": claims, "times": times},
+            sort_keys=False,
+        )
+    )
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="appidentity-operator", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -257,6 +307,43 @@ def parser() -> argparse.ArgumentParser:
     )
     manifests.add_argument("--policy", type=Path, required=True, help="operator policy YAML")
     manifests.set_defaults(func=_cmd_policy_manifests)
+
+    verify = sub.add_parser(
+        "verify-token",
+        help="verify a ServiceAccount token as an external service would (never prints it)",
+        description="Verifies a ServiceAccount JWT against the issuer's keys: signature, iss, "
+        "aud, exp, nbf, iat (and sub with --subject). Prints the verified claims, or why the "
+        "token is invalid; exit 0 only for a valid token.",
+    )
+    verify.add_argument(
+        "--token-file", "-f", default="-", help="file holding the token (default: - for stdin)"
+    )
+    verify.add_argument(
+        "--audience",
+        "-a",
+        action="append",
+        required=True,
+        help="an audience the token must be for (repeatable: any one is enough)",
+    )
+    verify.add_argument(
+        "--subject", help="the sub the token must carry, e.g. system:serviceaccount:NS:SA"
+    )
+    keys = verify.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--kubeconfig",
+        help="read issuer and keys from this API server with its credentials (the default, "
+        "with $KUBECONFIG, unless --issuer or --jwks is given)",
+    )
+    keys.add_argument(
+        "--jwks", help="JWKS file: fully offline (needs --issuer for the expected iss)"
+    )
+    verify.add_argument(
+        "--issuer",
+        help="the expected issuer; alone, its public discovery document and JWKS are read "
+        "without credentials",
+    )
+    verify.add_argument("--ca", help="CA file for the issuer's HTTPS (default: system trust)")
+    verify.set_defaults(func=_cmd_verify_token)
 
     for c in (run, *[sub.choices[n] for n in ("kubeconfig", "check")]):
         c.add_argument(

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
+from urllib.request import Request as UrlRequest
+from urllib.request import urlopen
 
 import urllib3
 from kubernetes import client, config
@@ -447,6 +449,27 @@ class Kube(Http):
         certificate, no operator token): a TLS handshake per verification cost the API server
         more than the access reviews themselves."""
         return Http(self.api, self._tokens, token)
+
+
+def public_openid(issuer: str, ca_file: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(issuer, JWKS) read without credentials from the issuer's discovery document and the
+    jwks_uri it names, as a relying party outside the cluster reads them. Works where the
+    issuer is public (a bucket, or an API server that lets `system:unauthenticated` use
+    `system:service-account-issuer-discovery`)."""
+    context = ssl.create_default_context(cafile=ca_file)
+
+    def get(url: str) -> dict[str, Any]:
+        # the API server's /openid/v1/jwks answers only to the JWK set type (else 406)
+        accept = "application/json, application/jwk-set+json"
+        request = UrlRequest(url, headers={"Accept": accept})
+        with urlopen(request, context=context, timeout=TIMEOUT[1]) as response:
+            found: dict[str, Any] = json.loads(response.read())
+            return found
+
+    discovery = get(issuer.rstrip("/") + "/.well-known/openid-configuration")
+    if not discovery.get("jwks_uri"):
+        raise ValueError(f"the discovery document of {issuer} names no jwks_uri")
+    return str(discovery.get("issuer", "")), get(str(discovery["jwks_uri"]))
 
 
 def _token_transport(cfg: client.Configuration, ca_crt: bytes) -> Transport:

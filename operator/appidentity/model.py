@@ -49,6 +49,16 @@ class _Model(BaseModel):
     )
 
 
+class FieldProblem(ValueError):
+    """A problem with one field (or list item) below the model that finds it: the parser
+    names `<model's path>.<field>` (or `[index]`), as the API server does for a CEL rule with
+    a fieldPath, or for a duplicate list item."""
+
+    def __init__(self, field: str | int, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 Text = Annotated[str, Field(min_length=1, max_length=253)]
 Group = Annotated[str, Field(max_length=253)]
 Verb = Annotated[str, Field(min_length=1, max_length=63)]
@@ -67,11 +77,15 @@ ClusterRoleName = Annotated[str, AfterValidator(_cluster_role_name)]
 class Rule(_Model):
     """One RBAC PolicyRule, as written in the spec."""
 
-    api_groups: tuple[Group, ...] = Field(default=(), max_length=16)
-    resources: tuple[Text, ...] = Field(default=(), max_length=32)
+    # Absent or non-empty, as in the CRD (minItems 1); whether absent is allowed is the
+    # subclass's business.
+    api_groups: tuple[Group, ...] = Field(default=(), min_length=1, max_length=16)
+    resources: tuple[Text, ...] = Field(default=(), min_length=1, max_length=32)
     verbs: tuple[Verb, ...] = Field(min_length=1, max_length=16)
     resource_names: tuple[Text, ...] = Field(default=(), max_length=64)
-    non_resource_urls: tuple[Url, ...] = Field(default=(), max_length=32, alias="nonResourceURLs")
+    non_resource_urls: tuple[Url, ...] = Field(
+        default=(), min_length=1, max_length=32, alias="nonResourceURLs"
+    )
 
     def to_k8s(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {"verbs": list(self.verbs)}
@@ -92,33 +106,52 @@ class NamespacedRule(Rule):
     @model_validator(mode="before")
     @classmethod
     def _resource_rule(cls, data: Any) -> Any:
-        # Said first: a rule written for clusterRules lacks apiGroups too, but that is not news.
+        # Said alone: a rule written for clusterRules lacks apiGroups too, but that is not news.
         if isinstance(data, dict) and "nonResourceURLs" in data:
-            raise ValueError("nonResourceURLs: only allowed in spec.clusterRules")
+            raise FieldProblem(
+                "nonResourceURLs",
+                "only spec.clusterRules may hold nonResourceURLs; a namespaced rule names "
+                "apiGroups and resources",
+            )
         return data
 
 
 class ClusterRule(Rule):
     @model_validator(mode="after")
     def _one_kind(self) -> ClusterRule:
-        if self.non_resource_urls and (self.api_groups or self.resources):
+        # By presence, as the CRD's has(): an empty list is refused by its own length bound.
+        urls = "non_resource_urls" in self.model_fields_set
+        resources = bool({"api_groups", "resources"} & self.model_fields_set)
+        if urls and resources:
             raise ValueError("set either nonResourceURLs, or apiGroups and resources")
-        if not self.non_resource_urls and not (self.api_groups and self.resources):
+        if not urls and not {"api_groups", "resources"} <= self.model_fields_set:
             raise ValueError("resource rules need both apiGroups and resources")
         return self
 
 
+def _no_duplicates(keys: list[str]) -> None:
+    """As the CRD's list-type set/map: the first repeated item is named."""
+    seen: set[str] = set()
+    for i, key in enumerate(keys):
+        if key in seen:
+            raise FieldProblem(i, f"Duplicate value: {key!r}")
+        seen.add(key)
+
+
 def _cluster_role_names(v: tuple[str, ...]) -> tuple[str, ...]:
-    if len(set(v)) != len(v):
-        raise ValueError("duplicate entries")
+    _no_duplicates(list(v))
     return v
 
 
 class ServiceAccountSpec(_Model):
     name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN.pattern)
     automount_token: StrictBool = False
-    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
-    annotations: dict[str, str] = Field(default_factory=dict, max_length=32)
+    labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict, max_length=32
+    )
 
 
 class NamespaceGrant(_Model):
@@ -139,7 +172,7 @@ class TokenSpec(_Model):
     type: Literal["Bound", "Legacy"] = "Bound"
     secret_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN.pattern)
     expiration_seconds: StrictInt | None = Field(default=None, ge=600, le=31_536_000)
-    audiences: tuple[str, ...] = Field(default=(), max_length=8)
+    audiences: tuple[Text, ...] = Field(default=(), max_length=8)
     kubeconfig: StrictBool = True
 
     @model_validator(mode="after")
@@ -157,11 +190,11 @@ class AccessCheck(_Model):
     """A single (verb, group, resource[/subresource], namespace, name) question."""
 
     verb: str = Field(min_length=1, max_length=63)
-    group: str = ""
+    group: str = Field(default="", max_length=253)
     resource: str = Field(min_length=1, max_length=253)
-    subresource: str = ""
-    name: str = ""
-    namespace: str = ""
+    subresource: str = Field(default="", max_length=253)
+    name: str = Field(default="", max_length=253)
+    namespace: str = Field(default="", max_length=63)
 
 
 class VerificationSpec(_Model):
@@ -209,19 +242,8 @@ class AppIdentitySpec(_Model):
     @field_validator("namespaces")
     @classmethod
     def _unique_namespaces(cls, v: tuple[NamespaceGrant, ...]) -> tuple[NamespaceGrant, ...]:
-        names = [g.name for g in v]
-        if len(set(names)) != len(names):
-            raise ValueError("duplicate namespace names")
+        _no_duplicates([g.name for g in v])
         return v
-
-    @model_validator(mode="after")
-    def _grants_something(self) -> AppIdentitySpec:
-        if not (self.rules or self.cluster_roles or self.namespaces or self.cluster_rules):
-            raise ValueError(
-                "grants nothing; set at least one of spec.rules, spec.clusterRoles, "
-                "spec.namespaces, spec.clusterRules"
-            )
-        return self
 
 
 class Identity(_Model):
@@ -297,14 +319,27 @@ class SpecError(ValueError):
         self.problems = problems
 
 
+MAPS = ("labels", "annotations")  # their keys are the user's, never camel-cased
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
-    path = "spec"
+    path, previous = "spec", ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
-            path += f".{to_camel(part) if '_' in part else part}"
+            path += f".{to_camel(part) if '_' in part and previous not in MAPS else part}"
+        previous = str(part)
     return path
+
+
+def _item_artefact(err: Any, errors: list[Any]) -> bool:
+    """pydantic counts a list's length after dropping its invalid items, so one bad item of
+    a one-item list also reads "too short"; the API server (and the user) hear of the item."""
+    loc = err["loc"]
+    return err["type"] == "too_short" and any(
+        len(other["loc"]) > len(loc) and other["loc"][: len(loc)] == loc for other in errors
+    )
 
 
 def parse_identity(body: dict[str, Any]) -> Identity:
@@ -318,10 +353,16 @@ def parse_identity(body: dict[str, Any]) -> Identity:
             f"metadata.name: must be a DNS-1123 label of at most {MAX_IDENTITY_NAME} characters"
         )
     try:
+        if body.get("spec") is None:
+            problems.append("spec: Required value")  # the CRD's `required: [spec]`
         spec = AppIdentitySpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
-        for err in exc.errors(include_url=False, include_input=False):
+        errors = exc.errors(include_url=False, include_input=False)
+        for err in [e for e in errors if not _item_artefact(e, errors)]:
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, FieldProblem):
+                loc += (cause.field,)
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"{_field_path(loc)}: {msg}")
         spec = None

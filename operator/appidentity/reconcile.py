@@ -485,10 +485,10 @@ def _cluster_role_rules(rt: Runtime, names: set[str]) -> dict[str, list[RuleDict
 def prove(
     rt: Runtime, identity: Identity, consenting: set[str], token: str, audiences: list[str]
 ) -> tuple[Plan, Verification]:
-    """The self-check: plan from the spec and the named ClusterRoles, asked with the token."""
+    """The self-check: plan from the spec and the named ClusterRoles, asked with the token (or,
+    for a token meant for other audiences only, with a probe token; see verify.run.verify)."""
     plan = build_plan(identity, consenting, _cluster_role_rules(rt, identity.cluster_role_names))
-    http = rt.kube.token_client(token)
-    return plan, verify(http, identity, plan, token, audiences, rt.baseline, rt.facts)
+    return plan, verify(rt.kube, identity, plan, token, audiences, rt.baseline, rt.facts)
 
 
 def stored_token(rt: Runtime, identity: Identity) -> tuple[str | None, list[str]]:
@@ -543,6 +543,8 @@ def _verified_condition(identity: Identity, ver: Verification) -> st.Condition:
         f"{ver.passed_count(True)} allowed and {ver.passed_count(False)} denied checks passed; "
         f"signature verified (kid {ver.jwt.key_id})"
     )
+    if ver.probed:
+        msg += "; the token is for other audiences: verified offline, rights asked with a probe"
     if ver.excess:
         msg += f"; {len(ver.excess)} excess rule(s) allowed by spec.verification.allowExcess"
     return st.Condition(st.ACCESS_VERIFIED, True, "AccessVerified", msg)

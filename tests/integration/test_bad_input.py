@@ -63,14 +63,24 @@ CASES = [
     Case(
         "non-resource-url-in-rules",
         {"rules": [{**PODS, "nonResourceURLs": ["/healthz"]}]},
-        "spec.rules[0]",
-        "nonResourceURLs: only allowed in spec.clusterRules",
+        "spec.rules[0].nonResourceURLs",
+        "only spec.clusterRules may hold nonResourceURLs",
+    ),
+    Case(
+        "non-resource-url-rule-in-rules",  # written as for clusterRules: no apiGroups, resources
+        {"rules": [{"nonResourceURLs": ["/healthz"], "verbs": ["get"]}]},
+        "spec.rules[0].nonResourceURLs",
+        "only spec.clusterRules may hold nonResourceURLs",
     ),
     Case(
         "non-resource-url-in-namespace-grant",
-        {"namespaces": [{"name": "other", "rules": [{**PODS, "nonResourceURLs": ["/x"]}]}]},
-        "spec.namespaces[0].rules[0]",
-        "nonResourceURLs: only allowed in spec.clusterRules",
+        {
+            "namespaces": [
+                {"name": "other", "rules": [{"nonResourceURLs": ["/x"], "verbs": ["get"]}]}
+            ]
+        },
+        "spec.namespaces[0].rules[0].nonResourceURLs",
+        "only spec.clusterRules may hold nonResourceURLs",
     ),
     Case(
         "cluster-rule-mixes-urls-and-resources",
@@ -203,7 +213,12 @@ CASES = [
         "spec.clusterRoles[0]",
         "must be a ClusterRole name",
     ),
-    Case("grants-nothing", {}, "spec", "grants nothing"),
+    Case(
+        "namespace-grant-with-empty-lists",
+        {"namespaces": [{"name": "other", "rules": [], "clusterRoles": []}]},
+        "spec.namespaces[0]",
+        "set rules or clusterRoles",
+    ),
     Case("too-many-rules", {"rules": rules(33)}, "spec.rules", "must have at most 32 items"),
     Case(
         "too-many-verbs",

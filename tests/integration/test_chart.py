@@ -33,6 +33,7 @@ from support import (
     create,
     identity,
     policy_of_admission,
+    requester_stamp,
     token_kubeconfig,
     wait_ready,
     wait_reason,
@@ -342,6 +343,8 @@ def cleared_cluster_scope(
     finally:
         for obj in saved:
             cluster.run_kubectl("create", "-f", "-", stdin=json.dumps(obj))
+        # Later tests need the requester policy (deploy/'s, now put back) in effect again.
+        wait_until(lambda: requester_stamp(cluster), 60, "the requester policy to return")
 
 
 def test_helm_install_with_a_non_default_policy_is_enforced_by_admission_and_operator(
@@ -358,7 +361,18 @@ def test_helm_install_with_a_non_default_policy_is_enforced_by_admission_and_ope
     # Written before the chart's admission policy exists, as identities from before a stricter
     # policy are: only the operator can refuse it now.
     earlier = identity("earlier", namespace, rules=[PODS], token={"expirationSeconds": 3600})
-    cluster.run_kubectl("apply", "-f", "-", stdin=json.dumps(earlier))
+    # Admission policies take a moment to go: until then the requester policy set aside above
+    # still refuses an unstamped write.
+    wait_until(
+        lambda: (
+            cluster.run_kubectl(
+                "apply", "-f", "-", stdin=json.dumps(earlier), check=False
+            ).returncode
+            == 0
+        ),
+        30,
+        "the set-aside admission policies to go",
+    )
 
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump({"namespace": {"name": operator_ns}, **INSTALL_VALUES}))

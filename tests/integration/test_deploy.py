@@ -678,6 +678,9 @@ def rule(groups: list[str], resources: list[str], verbs: list[str], **extra: Any
 CASES = [
     # accepted
     Case("minimal", {"rules": [PODS]}, None),
+    Case("no-grant", {}, None),  # authenticates elsewhere, e.g. with token.audiences
+    Case("empty-grants", {"rules": [], "clusterRoles": [], "clusterRules": []}, None),
+    Case("external-audience", {"token": {"audiences": ["vault"]}}, None),
     Case("view", {"clusterRoles": ["view"]}, None),
     Case(
         "secret-get-by-name",

@@ -322,7 +322,7 @@ def test_schedule_keeps_bindings_and_token_away_until_not_before(
                     }
                 ]
             },
-            "only allowed in spec.clusterRules",
+            "only spec.clusterRules may hold nonResourceURLs",
         ),
         (
             {"rules": [READ_CONFIGMAPS], "token": {"expirationSeconds": 60}},
@@ -338,7 +338,7 @@ def test_schedule_keeps_bindings_and_token_away_until_not_before(
             },
             "notBefore must be before schedule.expiresAt",
         ),
-        ({}, "grants nothing"),
+        ({"namespaces": [{"name": "other", "rules": []}]}, "set rules or clusterRoles"),
     ],
 )
 def test_invalid_spec_is_refused_at_admission_naming_the_field(

@@ -51,7 +51,8 @@ def test_empty_verbs_list_is_refused(body: BodyFactory) -> None:
 def test_non_resource_urls_refused_in_spec_rules(body: BodyFactory) -> None:
     rule = {"nonResourceURLs": ["/metrics"], "verbs": ["get"]}
     assert problems_of(body({"rules": [rule]})) == [
-        "spec.rules[0]: nonResourceURLs: only allowed in spec.clusterRules"
+        "spec.rules[0].nonResourceURLs: only spec.clusterRules may hold nonResourceURLs; "
+        "a namespaced rule names apiGroups and resources"
     ]
 
 
@@ -66,7 +67,8 @@ def test_non_resource_urls_refused_in_namespace_grant_rules(body: BodyFactory) -
         ]
     }
     assert problems_of(body(spec)) == [
-        "spec.namespaces[1].rules[1]: nonResourceURLs: only allowed in spec.clusterRules"
+        "spec.namespaces[1].rules[1].nonResourceURLs: only spec.clusterRules may hold "
+        "nonResourceURLs; a namespaced rule names apiGroups and resources"
     ]
 
 
@@ -411,14 +413,19 @@ def test_metadata_and_spec_problems_are_reported_together(body: BodyFactory) -> 
 # --- what the spec grants -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", [{}, None], ids=["empty", "absent"])
-def test_spec_that_grants_nothing_is_refused(
-    body: BodyFactory, spec: dict[str, Any] | None
-) -> None:
-    assert problems_of(body(spec)) == [
-        "spec: grants nothing; set at least one of spec.rules, spec.clusterRoles, "
-        "spec.namespaces, spec.clusterRules"
-    ]
+@pytest.mark.parametrize(
+    "spec",
+    [{}, {"rules": []}, {"rules": [], "clusterRoles": [], "namespaces": [], "clusterRules": []}],
+    ids=["empty", "empty-rules", "every-grant-empty"],
+)
+def test_spec_without_any_grant_is_valid(body: BodyFactory, spec: dict[str, Any]) -> None:
+    """An identity that only authenticates elsewhere: a ServiceAccount and token, no grant."""
+    identity = parse_identity(body(spec))
+    assert identity.spec.rules == () and identity.spec.cluster_rules == ()
+
+
+def test_absent_spec_is_refused_as_the_crd_requires_it(body: BodyFactory) -> None:
+    assert problems_of(body(None)) == ["spec: Required value"]
 
 
 def test_duplicate_namespace_grants_are_refused(body: BodyFactory) -> None:
@@ -428,11 +435,16 @@ def test_duplicate_namespace_grants_are_refused(body: BodyFactory) -> None:
             {"name": "team-b", "rules": [POD_READER]},
         ]
     }
-    assert problems_of(body(spec)) == ["spec.namespaces: duplicate namespace names"]
+    assert problems_of(body(spec)) == ["spec.namespaces[1]: Duplicate value: 'team-b'"]
 
 
-def test_namespace_grant_that_grants_nothing_is_refused(body: BodyFactory) -> None:
-    assert problems_of(body({"namespaces": [{"name": "team-b"}]})) == [
+@pytest.mark.parametrize(
+    "grant", [{"name": "team-b"}, {"name": "team-b", "rules": [], "clusterRoles": []}]
+)
+def test_namespace_grant_that_grants_nothing_is_refused(
+    body: BodyFactory, grant: dict[str, Any]
+) -> None:
+    assert problems_of(body({"namespaces": [grant]})) == [
         "spec.namespaces[0]: set rules or clusterRoles"
     ]
 
@@ -442,7 +454,7 @@ def test_namespace_grant_that_grants_nothing_is_refused(body: BodyFactory) -> No
     [
         (["View!"], "spec.clusterRoles[0]: 'View!' is not a ClusterRole name"),
         (["view", "Admin"], "spec.clusterRoles[1]: 'Admin' is not a ClusterRole name"),
-        (["view", "view"], "spec.clusterRoles: duplicate entries"),
+        (["view", "view"], "spec.clusterRoles[1]: Duplicate value: 'view'"),
         ([":view"], "spec.clusterRoles[0]: ':view' is not a ClusterRole name"),
     ],
 )

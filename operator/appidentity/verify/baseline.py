@@ -38,7 +38,7 @@ class Baseline:
         self.namespace = namespace
         self._lock = threading.Lock()
         self._rules: dict[str, tuple[float, list[RuleDict]]] = {}
-        self._token: tuple[float, str] | None = None
+        self._token: tuple[float, str, list[str]] | None = None
 
     def ensure(self) -> None:
         """Applies the baseline ServiceAccount unless it is already as wanted (a restart
@@ -48,19 +48,27 @@ class Baseline:
         if found is None or not is_subset(want, found):
             self.kube.apply(want)
 
-    def _client_token(self) -> str:
+    def _client_token(self) -> tuple[str, list[str]]:
+        """(a token of the baseline ServiceAccount, the audiences the API server gave it)."""
         if self._token and time.monotonic() < self._token[0]:
-            return self._token[1]
+            return self._token[1], self._token[2]
         issued = self.kube.request_token(self.namespace, BASELINE_SA, TOKEN_SECONDS, [])
-        self._token = (time.monotonic() + TOKEN_SECONDS / 2, issued["status"]["token"])
-        return self._token[1]
+        audiences = list(issued.get("spec", {}).get("audiences") or [])
+        self._token = (time.monotonic() + TOKEN_SECONDS / 2, issued["status"]["token"], audiences)
+        return self._token[1], audiences
+
+    def api_audiences(self) -> list[str]:
+        """The API server's own audiences (its `--api-audiences`), measured rather than assumed:
+        a TokenRequest that names none is given them."""
+        with self._lock:
+            return self._client_token()[1]
 
     def __call__(self, namespace: str) -> list[RuleDict]:
         with self._lock:
             cached = self._rules.get(namespace)
             if cached and time.monotonic() < cached[0]:
                 return cached[1]
-            http = self.kube.token_client(self._client_token())
+            http = self.kube.token_client(self._client_token()[0])
             found, _ = http.rules_review(namespace)
             rules: list[RuleDict] = list(found)
             self._rules[namespace] = (time.monotonic() + TTL_SECONDS, rules)

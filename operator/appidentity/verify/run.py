@@ -13,9 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..kube import ApiError, Http
+from ..kube import ApiError, Http, Kube
 from ..model import Identity
-from .jwt import JwtResult, key_id, verify_token
+from .baseline import Baseline
+from .jwt import K8S_CLAIM, Binding, JwtResult, key_id, unverified_claims, verify_token
 from .plan import Check, Plan
 from .rbac import Request, RuleDict, covered, excess, requests_of, rules_hash
 
@@ -24,6 +25,7 @@ from .rbac import Request, RuleDict, covered, excess, requests_of, rules_hash
 REVIEWS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="review")
 FACTS_TTL = 600.0
 VERSIONS_RETRY = 5.0  # a grant for an API the cluster does not serve re-reads this often
+PROBE_SECONDS = 600  # the shortest lifetime the API server grants a TokenRequest
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Verification:
     incomplete: bool = False
     jwt: JwtResult = field(default_factory=lambda: JwtResult(False, "not checked"))
     error: str = ""  # the token itself was refused, or the check could not run
+    probed: bool = False  # the rights were asked with a probe token (a token for other audiences)
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -117,9 +120,6 @@ class ClusterFacts:
         return value
 
 
-BaselineRules = Callable[[str], Sequence[RuleDict]]
-
-
 def _ask(http: Http, check: Check) -> CheckResult:
     allowed, reason = http.access_review(check.request)
     return CheckResult(
@@ -166,15 +166,11 @@ def _grant_coverage(plan: Plan, effective: Sequence[RuleDict], namespace: str) -
     return out
 
 
-def verify(
-    http: Http,
-    identity: Identity,
-    plan: Plan,
-    token: str,
-    audiences: Sequence[str],
-    baseline: BaselineRules,
-    facts: ClusterFacts,
+def check_access(
+    http: Http, identity: Identity, plan: Plan, baseline: Baseline, facts: ClusterFacts
 ) -> Verification:
+    """Everything the token `http` carries is asked about itself: who it is, each grant, the
+    boundary, and the effective rules beyond grant and baseline."""
     out = Verification()
     try:
         out.authenticated_as = http.whoami()
@@ -196,11 +192,98 @@ def verify(
         out.excess += excess(effective, allowed, ns)
         out.results += _grant_coverage(plan, effective, ns)
     out.rules_hash = rules_hash(effective_by_ns)
+    return out
+
+
+def check_jwt(
+    http: Http,
+    identity: Identity,
+    token: str,
+    audiences: Sequence[str],
+    facts: ClusterFacts,
+    binding: Binding | None = None,
+) -> JwtResult:
+    """The token against the issuer's discovery document and keys (read through `http`), its
+    `aud` exactly the audiences it was minted for."""
     try:
         issuer, jwks = facts.openid(http, key_id(token))
     except ApiError as exc:
-        out.jwt = JwtResult(False, f"could not read the issuer's keys: {exc}")
-        return out
+        return JwtResult(False, f"could not read the issuer's keys: {exc}")
     legacy = identity.spec.token.type == "Legacy"
-    out.jwt = verify_token(token, jwks, issuer, audiences, identity.subject, legacy=legacy)
+    return verify_token(
+        token,
+        jwks,
+        issuer,
+        audiences,
+        identity.subject,
+        legacy=legacy,
+        exact_audiences=True,
+        binding=binding,
+    )
+
+
+def for_api_server(audiences: Sequence[str], api_audiences: Sequence[str]) -> bool:
+    """Whether the API server accepts a token minted for `audiences` (none: its own default)."""
+    return not audiences or bool(set(audiences) & set(api_audiences))
+
+
+def verify(
+    kube: Kube,
+    identity: Identity,
+    plan: Plan,
+    token: str,
+    audiences: Sequence[str],
+    baseline: Baseline,
+    facts: ClusterFacts,
+) -> Verification:
+    """The self-check. A token the API server accepts is asked about itself. A token for other
+    audiences only (Vault, a cloud's workload identity federation) is never sent to the API
+    server, which would refuse it anyway: it is verified offline (`_external_probe`) and the
+    ServiceAccount's rights are asked with a probe token."""
+    if for_api_server(audiences, baseline.api_audiences()):
+        http = kube.token_client(token)
+        out = check_access(http, identity, plan, baseline, facts)
+        if not out.error:
+            out.jwt = check_jwt(http, identity, token, audiences, facts)
+        return out
+    jwt_result, probe, error = _external_probe(kube, identity, token, audiences, facts)
+    if probe is None:
+        return Verification(jwt=jwt_result, error=error)
+    out = check_access(probe, identity, plan, baseline, facts)
+    out.jwt, out.probed = jwt_result, True
     return out
+
+
+def _external_probe(
+    kube: Kube, identity: Identity, token: str, audiences: Sequence[str], facts: ClusterFacts
+) -> tuple[JwtResult, Http | None, str]:
+    """(the token verified offline, a client with a probe token or None, why not).
+
+    Offline, as its relying party would: signature against the issuer's JWKS (read with the
+    operator's own credentials), iss, sub, aud exactly as asked, exp, nbf, and the binding to
+    the identity's namespace, ServiceAccount and Secret. The probe token has the API server's
+    audience and the shortest lifetime a TokenRequest allows, and is bound to the Secret the
+    verified token names, so the API server confirms that Secret (and with it the token) still
+    exists. It lives in the returned client only: never stored, never logged."""
+    binding = Binding(identity.namespace, identity.service_account, identity.secret_name)
+    jwt_result = check_jwt(kube, identity, token, audiences, facts, binding)
+    if not jwt_result.ok:
+        return jwt_result, None, ""
+    bound = jwt_result.claims[K8S_CLAIM]
+    try:
+        issued = kube.request_token(
+            identity.namespace,
+            identity.service_account,
+            PROBE_SECONDS,
+            [],
+            bound_secret=(identity.secret_name, str(bound["secret"]["uid"])),
+        )
+    except ApiError as exc:
+        why = f"no probe token for the ServiceAccount bound to this token's Secret: {exc}"
+        return jwt_result, None, why
+    probe = issued["status"]["token"]
+    probe_sa = (unverified_claims(probe).get(K8S_CLAIM) or {}).get("serviceaccount") or {}
+    if probe_sa.get("uid") != bound["serviceaccount"].get("uid"):
+        why = "the token's ServiceAccount was replaced since it was minted: the token is dead"
+        return jwt_result, None, why
+    return jwt_result, kube.token_client(probe), ""
