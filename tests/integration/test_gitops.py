@@ -1,0 +1,243 @@
+"""What GitOps tools make of real AppIdentities (issue 14): kstatus itself (the Go library
+Flux's health checks run, compiled from the Go module proxy by hack/build-kstatus.sh) says
+Current when Ready, Failed for every terminal outcome, InProgress while the operator is at work;
+Argo CD's Lua health check (deploy/argocd/health.lua, in a real Lua 5.1) agrees."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from appidentity.kube import Kube
+from gitops import argocd_health, kstatus, record_fixture
+from support import (
+    InClusterOperator,
+    Operator,
+    condition,
+    create,
+    identity,
+    merge_patch,
+    wait_ready,
+    wait_until,
+)
+from test_least_privilege import own_sa_operator  # noqa: F401 (a fixture, used by name)
+
+pytestmark = pytest.mark.usefixtures("operator")
+READ_CONFIGMAPS = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
+RBAC = "rbac.authorization.k8s.io"
+
+
+def judged(case: str, obj: dict[str, Any], want_kstatus: str, want_argocd: str) -> tuple[str, str]:
+    """Asserts what kstatus and the Argo CD health check say of the live object; returns
+    kstatus' (status, message)."""
+    ks = kstatus(obj)
+    assert ks[0] == want_kstatus, f"{case}: kstatus says {ks}"
+    health = argocd_health(obj)
+    assert health[0] == want_argocd, f"{case}: Argo CD health {health}"
+    record_fixture(case, obj, *health)
+    return ks
+
+
+def wait_condition(
+    kube: Kube, namespace: str, name: str, type_: str, reason: str, timeout: float = 60
+) -> dict[str, Any]:
+    """The object once condition `type_` is True with `reason` for its current generation."""
+
+    def seen() -> dict[str, Any] | None:
+        obj = kube.get("AppIdentity", namespace, name) or {}
+        cond = condition(obj, type_)
+        current = (obj.get("status") or {}).get("observedGeneration") == obj.get(
+            "metadata", {}
+        ).get("generation")
+        return (
+            obj
+            if current and (cond.get("status"), cond.get("reason")) == ("True", reason)
+            else None
+        )
+
+    found: dict[str, Any] = wait_until(seen, timeout, f"{namespace}/{name} {type_}={reason}", 0.1)
+    return found
+
+
+def stalled(kube: Kube, namespace: str, name: str, reason: str) -> dict[str, Any]:
+    obj = wait_condition(kube, namespace, name, "Stalled", reason)
+    assert condition(obj, "Ready")["status"] == "False"
+    assert condition(obj, "Reconciling") == {}
+    return obj
+
+
+def extra_grant(kube: Kube, namespace: str, sa: str, rule: dict[str, Any]) -> None:
+    """A Role and RoleBinding made outside the operator, naming the identity's ServiceAccount."""
+    meta = {"name": "extra", "namespace": namespace}
+    create(kube, {"apiVersion": f"{RBAC}/v1", "kind": "Role", "metadata": meta, "rules": [rule]})
+    create(
+        kube,
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": "extra"},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
+        },
+    )
+
+
+def test_a_verified_identity_is_current_and_healthy(kube: Kube, namespace: str) -> None:
+    create(kube, identity("fine", namespace, rules=[READ_CONFIGMAPS]))
+    obj = wait_ready(kube, namespace, "fine")
+    assert condition(obj, "Stalled") == condition(obj, "Reconciling") == {}
+    assert judged("ready", obj, "Current", "Healthy") == ("Current", "Resource is Ready")
+
+
+def test_an_unobserved_generation_is_in_progress_until_the_operator_reports_it(
+    kube: Kube, namespace: str, operator: Operator | InClusterOperator
+) -> None:
+    create(kube, identity("edited", namespace, rules=[READ_CONFIGMAPS]))
+    wait_ready(kube, namespace, "edited")
+    operator.stop()
+    try:
+        merge_patch(kube, "AppIdentity", namespace, "edited", {"spec": {"clusterRoles": ["view"]}})
+        obj = kube.get("AppIdentity", namespace, "edited") or {}
+        assert (obj["metadata"]["generation"], obj["status"]["observedGeneration"]) == (2, 1)
+        assert condition(obj, "Ready")["status"] == "True"  # still the old generation's outcome
+        ks = judged("generation-not-observed", obj, "InProgress", "Progressing")
+        assert "generation is 2, but latest observed generation is 1" in ks[1]
+    finally:
+        operator.start()
+    obj = wait_ready(kube, namespace, "edited")
+    assert {c["observedGeneration"] for c in obj["status"]["conditions"]} == {2}
+    judged("ready-after-edit", obj, "Current", "Healthy")
+
+
+def test_excess_privilege_is_in_progress_while_rechecked_then_failed(
+    kube: Kube, namespace: str
+) -> None:
+    """A RoleBinding made outside the operator gives the ServiceAccount more than its spec: the
+    operator re-checks for RBAC propagation (Reconciling), then reports it (Stalled)."""
+    extra_grant(
+        kube,
+        namespace,
+        "widened",
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["list"]},
+    )
+    create(kube, identity("widened", namespace, rules=[READ_CONFIGMAPS]))
+    obj = wait_condition(kube, namespace, "widened", "Reconciling", "Verifying")
+    assert condition(obj, "Stalled") == {}
+    ks = judged("verifying", obj, "InProgress", "Progressing")
+    assert ks[1].startswith("re-checking in ")
+    obj = stalled(kube, namespace, "widened", "ExcessPrivilege")
+    ks = judged("excess-privilege", obj, "Failed", "Degraded")
+    assert ks[1] == condition(obj, "Stalled")["message"]
+    assert "the token can do more than granted" in ks[1]
+
+    # allowExcess: the same rights are reported but accepted, so nothing is stalled.
+    merge_patch(
+        kube, "AppIdentity", namespace, "widened", {"spec": {"verification": {"allowExcess": True}}}
+    )
+    obj = wait_ready(kube, namespace, "widened", timeout=60)
+    assert obj["status"]["verification"]["excess"]
+    assert condition(obj, "Stalled") == {}
+    judged("excess-allowed", obj, "Current", "Healthy")
+
+
+TerminalCase = Callable[[Kube, str, Callable[[], str]], dict[str, Any]]
+
+
+def _invalid_spec(kube: Kube, ns: str, _: Callable[[], str]) -> dict[str, Any]:
+    # An empty rules list satisfies the CRD's "has(self.rules)" but grants nothing: one spec
+    # that reaches the operator past admission, as one can on a cluster without the CRD's rules.
+    return identity("case", ns, rules=[])
+
+
+def _policy_violation(kube: Kube, ns: str, _: Callable[[], str]) -> dict[str, Any]:
+    return identity("case", ns, clusterRoles=["cluster-admin"])
+
+
+def _conflict(kube: Kube, ns: str, _: Callable[[], str]) -> dict[str, Any]:
+    create(
+        kube,
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "case", "namespace": ns},
+        },
+    )
+    return identity("case", ns, rules=[READ_CONFIGMAPS])
+
+
+def _consent_missing(kube: Kube, ns: str, make_namespace: Callable[[], str]) -> dict[str, Any]:
+    other = make_namespace()
+    return identity(
+        "case",
+        ns,
+        rules=[READ_CONFIGMAPS],
+        namespaces=[{"name": other, "rules": [READ_CONFIGMAPS]}],
+    )
+
+
+def _check_failed(kube: Kube, ns: str, _: Callable[[], str]) -> dict[str, Any]:
+    # The user's own mustDeny contradicts the grant: no retry can make it pass.
+    must_deny = [{"verb": "get", "group": "", "resource": "configmaps"}]
+    return identity("case", ns, rules=[READ_CONFIGMAPS], verification={"mustDeny": must_deny})
+
+
+@pytest.mark.parametrize(
+    ("reason", "make", "says"),
+    [
+        ("InvalidSpec", _invalid_spec, "spec: "),
+        ("PolicyViolation", _policy_violation, "spec.clusterRoles[0]"),
+        ("Conflict", _conflict, "ServiceAccount"),
+        ("ConsentMissing", _consent_missing, "grants refused by namespaces without consent"),
+        ("CheckFailed", _check_failed, "expected denied, got allowed"),
+    ],
+)
+def test_each_terminal_outcome_is_failed_with_its_reason(
+    kube: Kube,
+    namespace: str,
+    make_namespace: Callable[[], str],
+    reason: str,
+    make: TerminalCase,
+    says: str,
+) -> None:
+    create(kube, make(kube, namespace, make_namespace))
+    obj = stalled(kube, namespace, "case", reason)
+    assert condition(obj, "Ready")["reason"] == reason
+    ks = judged(reason.lower(), obj, "Failed", "Degraded")
+    assert says in ks[1]
+    assert ks[1] == condition(obj, "Stalled")["message"]
+
+
+def test_an_identity_outside_its_schedule_is_suspended_not_failed(
+    kube: Kube, namespace: str
+) -> None:
+    """Outside its window the identity is as its spec wants it (no bindings, no token): neither
+    stalled nor reconciling. Ready=False keeps kstatus at InProgress; Argo CD says Suspended."""
+    later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    create(
+        kube, identity("later", namespace, rules=[READ_CONFIGMAPS], schedule={"notBefore": later})
+    )
+
+    def settled() -> dict[str, Any] | None:
+        obj = kube.get("AppIdentity", namespace, "later") or {}
+        return obj if condition(obj, "Ready").get("reason") == "ScheduleInactive" else None
+
+    obj = wait_until(settled, 60, "ScheduleInactive")
+    assert condition(obj, "Stalled") == condition(obj, "Reconciling") == {}
+    ks = judged("schedule-inactive", obj, "InProgress", "Suspended")
+    assert later in ks[1]
+    assert argocd_health(obj)[1].startswith("ScheduleInactive: schedule: not active before")
+
+
+@pytest.mark.usefixtures("own_sa_operator")
+def test_a_grant_the_api_server_refuses_the_operator_is_failed(kube: Kube, namespace: str) -> None:
+    """The operator with its own RBAC cannot grant beyond its ceiling: ApplyRefused. (Last in
+    this module: the operator runs with its own ServiceAccount from here on.)"""
+    rules = [
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get"]}
+    ]
+    create(kube, identity("beyond", namespace, rules=rules))
+    obj = stalled(kube, namespace, "beyond", "ApplyRefused")
+    ks = judged("applyrefused", obj, "Failed", "Degraded")
+    assert "the API server refused Role" in ks[1]
