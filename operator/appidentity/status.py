@@ -132,6 +132,12 @@ def interrupted(
     return {**previous, "conditions": [*kept, _as_dict(working, old, generation, now)]}
 
 
+def reported(status: Mapping[str, Any]) -> bool:
+    """Whether the operator has written an outcome yet. Before it has, the CRD defaults the
+    status to `{observedGeneration: 0}`, so an empty status is not the test."""
+    return bool(status.get("conditions"))
+
+
 def outcome_of(status: Mapping[str, Any]) -> tuple[str, str]:
     """The (Ready status, reason) pair whose change deserves an Event."""
     for cond in status.get("conditions", []):

@@ -94,6 +94,8 @@ def test_a_verified_identity_is_current_and_healthy(kube: Kube, namespace: str) 
 def test_an_unobserved_generation_is_in_progress_until_the_operator_reports_it(
     kube: Kube, namespace: str, operator: Operator | InClusterOperator
 ) -> None:
+    """An edit the operator has not seen yet, and a new identity it has not reported on yet
+    (whose status the CRD defaults to observedGeneration 0), are InProgress, not Current."""
     create(kube, identity("edited", namespace, rules=[READ_CONFIGMAPS]))
     wait_ready(kube, namespace, "edited")
     operator.stop()
@@ -104,11 +106,17 @@ def test_an_unobserved_generation_is_in_progress_until_the_operator_reports_it(
         assert condition(obj, "Ready")["status"] == "True"  # still the old generation's outcome
         ks = judged("generation-not-observed", obj, "InProgress", "Progressing")
         assert "generation is 2, but latest observed generation is 1" in ks[1]
+
+        fresh = create(kube, identity("fresh", namespace, rules=[READ_CONFIGMAPS]))
+        assert fresh["status"] == {"observedGeneration": 0}
+        ks = judged("not-yet-reported", fresh, "InProgress", "Progressing")
+        assert "generation is 1, but latest observed generation is 0" in ks[1]
     finally:
         operator.start()
     obj = wait_ready(kube, namespace, "edited")
     assert {c["observedGeneration"] for c in obj["status"]["conditions"]} == {2}
     judged("ready-after-edit", obj, "Current", "Healthy")
+    judged("ready-when-reported", wait_ready(kube, namespace, "fresh"), "Current", "Healthy")
 
 
 def test_excess_privilege_is_in_progress_while_rechecked_then_failed(

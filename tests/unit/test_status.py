@@ -20,6 +20,7 @@ from appidentity.status import (
     interrupted,
     outcome_of,
     ready_condition,
+    reported,
     without_timestamps,
 )
 
@@ -338,3 +339,9 @@ def test_interrupted_before_any_outcome_is_just_reconciling() -> None:
     out = interrupted({}, 1, "err", T0)
     assert [c["type"] for c in out["conditions"]] == [RECONCILING]
     assert "observedGeneration" not in out
+
+
+def test_only_a_status_with_conditions_counts_as_reported() -> None:
+    assert not reported({})
+    assert not reported({"observedGeneration": 0})  # the CRD's default, before any report
+    assert reported({"observedGeneration": 1, "conditions": conditions(ALL_GOOD, [], 1, T0)})
