@@ -238,6 +238,58 @@ def test_an_identity_outside_its_schedule_is_suspended_not_failed(
     assert argocd_health(obj)[1].startswith("ScheduleInactive: schedule: not active before")
 
 
+def test_an_api_error_is_reconciling_until_it_clears(kube: Kube, namespace: str) -> None:
+    """A webhook that cannot be reached makes the API server fail the operator's repair of a
+    deleted ServiceAccount (HTTP 500): the identity is Reconciling, not Failed, its status still
+    describes the same generation, and it is Ready again once the webhook is gone."""
+    create(kube, identity("blocked", namespace, rules=[READ_CONFIGMAPS]))
+    wait_ready(kube, namespace, "blocked")
+    webhook = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": f"unreachable-{namespace}"},
+        "webhooks": [
+            {
+                "name": "unreachable.appidentity.dev",
+                "clientConfig": {"url": "https://127.0.0.1:1/validate"},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["serviceaccounts"],
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 2,
+            }
+        ],
+    }
+    webhooks = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+    kube.request("POST", webhooks, body=webhook)
+    try:
+        kube.delete("ServiceAccount", namespace, "blocked")
+        obj = wait_condition(kube, namespace, "blocked", "Reconciling", "ApiError")
+        assert condition(obj, "Stalled") == {}
+        ks = judged("api-error", obj, "InProgress", "Progressing")
+        assert "failed calling webhook" in ks[1]
+    finally:
+        kube.request("DELETE", f"{webhooks}/{webhook['metadata']['name']}")
+
+    def recovered() -> dict[str, Any] | None:
+        # Ready kept the last outcome meanwhile; Reconciling going away is the recovery.
+        obj = kube.get("AppIdentity", namespace, "blocked") or {}
+        return obj if condition(obj, "Reconciling") == {} else None
+
+    obj = wait_until(recovered, 60, "Reconciling to go")
+    assert condition(obj, "Ready")["status"] == "True"
+    assert kube.get("ServiceAccount", namespace, "blocked") is not None
+    judged("ready-after-api-error", obj, "Current", "Healthy")
+
+
 @pytest.mark.usefixtures("own_sa_operator")
 def test_a_grant_the_api_server_refuses_the_operator_is_failed(kube: Kube, namespace: str) -> None:
     """The operator with its own RBAC cannot grant beyond its ceiling: ApplyRefused. (Last in
