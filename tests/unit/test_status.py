@@ -273,27 +273,26 @@ def test_a_lasting_stall_keeps_its_transition_time() -> None:
 
 
 def test_every_reason_the_operator_reports_is_classified() -> None:
-    """Each reason literal reconcile.py gives a condition must be known here, so a new terminal
+    """Each reason literal the operator gives a condition (the third argument of a Condition, or
+    of reconcile's `_stop`, in any of its modules) must be classified here, so a new terminal
     outcome cannot slip into 'Reconciling forever' (the default for unknown reasons)."""
     import ast
     from pathlib import Path
 
     import appidentity.reconcile as reconcile
 
-    tree = ast.parse(Path(reconcile.__file__).read_text())
-    reasons = set()
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        name = (
-            node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-        )
-        if name not in ("Condition", "_stop") or len(node.args) < 3:
-            continue
-        arg = node.args[2]  # the reason, in both
-        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-            reasons.add(arg.value)
-    reasons.add(reconcile.VERIFYING)
+    reasons = {reconcile.VERIFYING}
+    for path in Path(reconcile.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name not in ("Condition", "_stop") or len(node.args) < 3:
+                continue
+            arg = node.args[2]  # the reason, in both
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                reasons.add(arg.value)
     normal = {"Applied", "TokenValid", "AccessVerified"}
     assert {"InvalidSpec", "PolicyViolation", "Conflict", "ExcessPrivilege"} <= reasons
     unclassified = reasons - normal - STALLED_REASONS - RECONCILING_REASONS - SETTLED_REASONS
