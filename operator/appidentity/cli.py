@@ -290,10 +290,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     )
     print(status_table(identities, utcnow(), colour, namespaces=args.all_namespaces))
     ready = all(
-        c.get("status") == "True"
+        any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in (o.get("status") or {}).get("conditions", [])
+        )
         for o in identities
-        for c in (o.get("status") or {}).get("conditions", [])
-        if c.get("type") == "Ready"
     )
     return EXIT_OK if ready else EXIT_FAILED
 

@@ -23,8 +23,8 @@ READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 
-# Outcomes that no retry of the operator's changes: the spec, the policy, an object someone
-# else owns, a namespace's consent, the requester's or the operator's own RBAC, or RBAC granted
+# Outcomes no retry by the operator can change: the spec, the policy, an object someone else
+# owns, a namespace's consent, the requester's or the operator's own RBAC, or RBAC granted
 # from outside must be changed by a human first. The operator re-reconciles when any of those
 # change (spec, namespaces and RBAC are watched), so Stalled clears by itself once they do.
 # CheckFailed, TokenRejected and TokenSignatureInvalid are reported only after the propagation
