@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from appidentity.kube import Kube
+from appidentity.kube import ApiError, Kube
 from gitops import argocd_health, kstatus, record_fixture
 from support import (
     InClusterOperator,
     Operator,
+    Token,
     condition,
     create,
     identity,
@@ -22,7 +23,6 @@ from support import (
     wait_ready,
     wait_until,
 )
-from test_least_privilege import own_sa_operator  # noqa: F401 (a fixture, used by name)
 
 pytestmark = pytest.mark.usefixtures("operator")
 READ_CONFIGMAPS = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
@@ -288,6 +288,35 @@ def test_an_api_error_is_reconciling_until_it_clears(kube: Kube, namespace: str)
     assert condition(obj, "Ready")["status"] == "True"
     assert kube.get("ServiceAccount", namespace, "blocked") is not None
     judged("ready-after-api-error", obj, "Current", "Healthy")
+
+
+def test_a_requester_asking_for_more_than_it_holds_is_failed(
+    kube: Kube, namespace: str, service_account_token: Callable[[str, str], Token]
+) -> None:
+    """EscalationRefused: a ServiceAccount that may write AppIdentities but not read ConfigMaps
+    asks for an identity that reads them."""
+    writes = {"apiGroups": ["appidentity.dev"], "resources": ["appidentities"], "verbs": ["create"]}
+    meta = {"name": "writer", "namespace": namespace}
+    create(kube, {"apiVersion": f"{RBAC}/v1", "kind": "Role", "metadata": meta, "rules": [writes]})
+    subjects = [{"kind": "ServiceAccount", "name": "writer", "namespace": namespace}]
+    ref = {"apiGroup": RBAC, "kind": "Role", "name": "writer"}
+    binding = {"apiVersion": f"{RBAC}/v1", "kind": "RoleBinding", "metadata": meta}
+    create(kube, {**binding, "roleRef": ref, "subjects": subjects})
+    writer = kube.token_client(service_account_token(namespace, "writer").value)
+
+    def written() -> bool:
+        try:
+            create(writer, identity("case", namespace, rules=[READ_CONFIGMAPS]))
+        except ApiError as exc:
+            if exc.status != 403:  # the writer's RBAC may not be in effect yet
+                raise
+            return False
+        return True
+
+    wait_until(written, 30, "the writer's Role to take effect")
+    obj = stalled(kube, namespace, "case", "EscalationRefused")
+    ks = judged("escalationrefused", obj, "Failed", "Degraded")
+    assert f"system:serviceaccount:{namespace}:writer may not get configmaps" in ks[1]
 
 
 @pytest.mark.usefixtures("own_sa_operator")

@@ -272,10 +272,19 @@ def test_a_lasting_stall_keeps_its_transition_time() -> None:
     assert by_type(second)[STALLED]["observedGeneration"] == 2
 
 
-def test_every_reason_the_operator_reports_is_classified() -> None:
-    """Each reason literal the operator gives a condition (the third argument of a Condition, or
-    of reconcile's `_stop`, in any of its modules) must be classified here, so a new terminal
-    outcome cannot slip into 'Reconciling forever' (the default for unknown reasons)."""
+def _text(arg: Any, constants: dict[str, str]) -> str | None:
+    """A string literal, or the value of the module-level string constant it names."""
+    import ast
+
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    return constants.get(arg.id) if isinstance(arg, ast.Name) else None
+
+
+def operator_reasons() -> set[str]:
+    """Every reason the operator's modules give a condition: the third argument of a Condition,
+    the second of a Stop (reconcile's early exits), the `reason` of a Stop subclass; literals
+    or module-level string constants."""
     import ast
     from pathlib import Path
 
@@ -283,18 +292,54 @@ def test_every_reason_the_operator_reports_is_classified() -> None:
 
     reasons = {reconcile.VERIFYING}
     for path in Path(reconcile.__file__).parent.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.Call):
-                continue
-            func = node.func
-            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if name not in ("Condition", "_stop") or len(node.args) < 3:
-                continue
-            arg = node.args[2]  # the reason, in both
-            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                reasons.add(arg.value)
+        tree = ast.parse(path.read_text())
+        constants = {
+            t.id: node.value.value
+            for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+            for t in node.targets
+            if isinstance(t, ast.Name) and isinstance(node.value.value, str)
+        }
+
+        for node in ast.walk(tree):
+            found: str | None = None
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if name == "Condition" and len(node.args) >= 3:
+                    found = _text(node.args[2], constants)
+                elif name == "Stop" and len(node.args) >= 2:
+                    found = _text(node.args[1], constants)
+            elif isinstance(node, ast.ClassDef) and any(
+                isinstance(b, ast.Name) and b.id == "Stop" for b in node.bases
+            ):
+                for item in node.body:
+                    if isinstance(item, ast.Assign) and any(
+                        isinstance(t, ast.Name) and t.id == "reason" for t in item.targets
+                    ):
+                        found = _text(item.value, constants)
+            if found:
+                reasons.add(found)
+    return reasons
+
+
+def test_every_reason_the_operator_reports_is_classified() -> None:
+    """A new terminal outcome must not slip into 'Reconciling forever' (the default for a
+    reason of unknown kind)."""
+    reasons = operator_reasons()
     normal = {"Applied", "TokenValid", "AccessVerified"}
-    assert {"InvalidSpec", "PolicyViolation", "Conflict", "ExcessPrivilege"} <= reasons
+    assert {
+        "InvalidSpec",
+        "PolicyViolation",
+        "EscalationRefused",
+        "Conflict",
+        "ApplyRefused",
+        "ConsentMissing",
+        "ExcessPrivilege",
+        "CheckFailed",
+        "ScheduleInactive",
+        "WaitingForToken",
+    } <= reasons
     unclassified = reasons - normal - STALLED_REASONS - RECONCILING_REASONS - SETTLED_REASONS
     assert unclassified == set()
 
