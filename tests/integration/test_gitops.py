@@ -150,20 +150,53 @@ def test_excess_privilege_is_in_progress_while_rechecked_then_failed(
     judged("excess-allowed", obj, "Current", "Healthy")
 
 
-TerminalCase = Callable[[Kube, str, Callable[[], str]], dict[str, Any]]
+TerminalCase = Callable[[Kube, str, Callable[[], str]], None]  # creates the identity "case"
 
 
-def _invalid_spec(kube: Kube, ns: str, _: Callable[[], str]) -> dict[str, Any]:
-    # An empty rules list satisfies the CRD's "has(self.rules)" but grants nothing: one spec
-    # that reaches the operator past admission, as one can on a cluster without the CRD's rules.
-    return identity("case", ns, rules=[])
+MINIMUM = (
+    "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/token/properties"
+    "/expirationSeconds/minimum"
+)
 
 
-def _policy_violation(kube: Kube, ns: str, _: Callable[[], str]) -> dict[str, Any]:
-    return identity("case", ns, clusterRoles=["cluster-admin"])
+def _invalid_spec(kube: Kube, ns: str, _: Callable[[], str]) -> None:
+    """Admission and the operator judge alike, so a spec the operator refuses is one stored
+    before the CRD said no: an identity written under a CRD without the minimum token lifetime,
+    which the real CRD (restored here, as an upgrade would) keeps by ratcheting."""
+    crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/appidentities.appidentity.dev"
+    kube.request(
+        "PATCH",
+        crd,
+        body=[{"op": "remove", "path": MINIMUM}],
+        content_type="application/json-patch+json",
+    )
+    try:
+        bad = identity("case", ns, rules=[READ_CONFIGMAPS], token={"expirationSeconds": 60})
+
+        def stored() -> bool:
+            try:
+                create(kube, bad)
+            except ApiError as exc:
+                if exc.status not in (422, 503):  # the relaxed schema is not served yet
+                    raise
+                return False
+            return True
+
+        wait_until(stored, 30, "the relaxed CRD to admit the identity")
+    finally:
+        kube.request(
+            "PATCH",
+            crd,
+            body=[{"op": "add", "path": MINIMUM, "value": 600}],
+            content_type="application/json-patch+json",
+        )
 
 
-def _conflict(kube: Kube, ns: str, _: Callable[[], str]) -> dict[str, Any]:
+def _policy_violation(kube: Kube, ns: str, _: Callable[[], str]) -> None:
+    create(kube, identity("case", ns, clusterRoles=["cluster-admin"]))
+
+
+def _conflict(kube: Kube, ns: str, _: Callable[[], str]) -> None:
     create(
         kube,
         {
@@ -172,29 +205,34 @@ def _conflict(kube: Kube, ns: str, _: Callable[[], str]) -> dict[str, Any]:
             "metadata": {"name": "case", "namespace": ns},
         },
     )
-    return identity("case", ns, rules=[READ_CONFIGMAPS])
+    create(kube, identity("case", ns, rules=[READ_CONFIGMAPS]))
 
 
-def _consent_missing(kube: Kube, ns: str, make_namespace: Callable[[], str]) -> dict[str, Any]:
+def _consent_missing(kube: Kube, ns: str, make_namespace: Callable[[], str]) -> None:
     other = make_namespace()
-    return identity(
-        "case",
-        ns,
-        rules=[READ_CONFIGMAPS],
-        namespaces=[{"name": other, "rules": [READ_CONFIGMAPS]}],
+    create(
+        kube,
+        identity(
+            "case",
+            ns,
+            rules=[READ_CONFIGMAPS],
+            namespaces=[{"name": other, "rules": [READ_CONFIGMAPS]}],
+        ),
     )
 
 
-def _check_failed(kube: Kube, ns: str, _: Callable[[], str]) -> dict[str, Any]:
+def _check_failed(kube: Kube, ns: str, _: Callable[[], str]) -> None:
     # The user's own mustDeny contradicts the grant: no retry can make it pass.
     must_deny = [{"verb": "get", "group": "", "resource": "configmaps"}]
-    return identity("case", ns, rules=[READ_CONFIGMAPS], verification={"mustDeny": must_deny})
+    create(
+        kube, identity("case", ns, rules=[READ_CONFIGMAPS], verification={"mustDeny": must_deny})
+    )
 
 
 @pytest.mark.parametrize(
     ("reason", "make", "says"),
     [
-        ("InvalidSpec", _invalid_spec, "spec: "),
+        ("InvalidSpec", _invalid_spec, "spec.token.expirationSeconds"),
         ("PolicyViolation", _policy_violation, "spec.clusterRoles[0]"),
         ("Conflict", _conflict, "ServiceAccount"),
         ("ConsentMissing", _consent_missing, "grants refused by namespaces without consent"),
@@ -209,7 +247,7 @@ def test_each_terminal_outcome_is_failed_with_its_reason(
     make: TerminalCase,
     says: str,
 ) -> None:
-    create(kube, make(kube, namespace, make_namespace))
+    make(kube, namespace, make_namespace)
     obj = stalled(kube, namespace, "case", reason)
     assert condition(obj, "Ready")["reason"] == reason
     ks = judged(reason.lower(), obj, "Failed", "Degraded")
