@@ -12,7 +12,7 @@ STATE   := .state/cluster
 PYTEST_ARGS ?=
 PY_DIRS := $(wildcard operator tests bench)
 
-.PHONY: help deps system-deps venv control-plane cluster cluster-down install run demo demo-down \
+.PHONY: help deps system-deps venv control-plane kstatus cluster cluster-down install run demo demo-down \
         test unit integration lint fmt render install.yaml bench chaos judge e2e-kind helm
 
 help: ## this list
@@ -33,13 +33,16 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
-deps: system-deps venv control-plane
+deps: system-deps venv control-plane kstatus
 
 control-plane: system-deps ## compile etcd, kube-apiserver, controller-manager, kubectl once (cached)
 	@bash hack/build-control-plane.sh >/dev/null
 
 helm: system-deps ## compile the Helm CLI once (pinned in hack/helm/go.mod, cached), linked as bin/helm
 	@mkdir -p bin && ln -sfn "$$(bash hack/build-helm.sh | tail -n 1)" bin/helm
+
+kstatus: system-deps ## compile hack/kstatus (the kstatus library Flux uses, pinned) once (cached)
+	@bash hack/build-kstatus.sh >/dev/null
 
 cluster: control-plane ## start the local control plane; prints the KUBECONFIG export line
 	@bash hack/cluster.sh up $(STATE)

@@ -1,6 +1,8 @@
 """`appidentity-operator`: run the operator, print an identity's kubeconfig, re-run its
-self-check on demand, render what an AppIdentity would create (no cluster needed), or verify
-a ServiceAccount token as an external service would (`verify-token`)."""
+self-check on demand, show the verification status of identities, render what an AppIdentity
+would create (no cluster needed), or verify a ServiceAccount token as an external service would
+(`verify-token`). Installed a second time as `kubectl-appid`, the same program is the kubectl
+plugin `kubectl appid`."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,7 @@ def _load_identity(name: str, namespace: str, kubeconfig: str | None) -> tuple[A
 def _cmd_kubeconfig(args: argparse.Namespace) -> int:
     from .tokens import secret_token
 
+    args.namespace = _namespace(args)
     kube, body = _load_identity(args.name, args.namespace, args.kubeconfig)
     secret_name = (body.get("status") or {}).get("secretName") or f"{args.name}-token"
     secret = kube.get("Secret", args.namespace, secret_name)
@@ -117,7 +120,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .reconcile import Runtime, consenting_namespaces, prove, stored_token
     from .verify.baseline import Baseline
 
-    kube, body = _load_identity(args.name, args.namespace, args.kubeconfig)
+    kube, body = _load_identity(args.name, _namespace(args), args.kubeconfig)
     identity = parse_identity(body)
     rt = Runtime(
         kube=kube, policy=load_policy(None), baseline=Baseline(kube, args.operator_namespace)
@@ -143,9 +146,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 r.source,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(table(rows))
     for item in ver.excess:
         what = ",".join(item.get("resources", item.get("nonResourceURLs", [])))
         print(f"EXCESS    {','.join(item['verbs'])} {what} in {item['namespace']}")
@@ -161,6 +162,141 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"{len(ver.failed)} failed; {len(ver.excess)} excess -> {'VERIFIED' if ok else 'NOT VERIFIED'}"
     )
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def table(
+    rows: Sequence[Sequence[str]], colours: Mapping[tuple[int, int], str] | None = None
+) -> str:
+    """Columns padded to their widest cell, kubectl-style. `colours` maps (row, column) to an
+    ANSI colour code, applied after padding so escapes never skew the widths."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for r, row in enumerate(rows):
+        cells = []
+        for c, (cell, width) in enumerate(zip(row, widths, strict=True)):
+            padded = cell.ljust(width)
+            code = (colours or {}).get((r, c))
+            cells.append(f"\033[{code}m{cell}\033[0m{padded[len(cell) :]}" if code else padded)
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+GREEN, RED, YELLOW = "32", "31", "33"
+STATUS_COLOURS = {"True": GREEN, "False": RED, "Unknown": YELLOW}
+
+
+def _age(seconds: float) -> str:
+    """kubectl's way of saying a duration: 45s, 12m, 3h, 5d."""
+    seconds = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size or (unit == "m" and seconds >= size):
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _expiry(token: Mapping[str, Any], now: datetime) -> str:
+    from .tokens import parse_time
+
+    expires = token.get("expiresAt")
+    if not expires:
+        return "-"
+    if expires == "never":
+        return "never"
+    left = (parse_time(expires) - now).total_seconds()
+    return f"in {_age(left)}" if left > 0 else "expired"
+
+
+def status_table(
+    identities: Sequence[Mapping[str, Any]], now: datetime, colour: bool, namespaces: bool
+) -> str:
+    """The verification table of `kubectl appid status`: one row per AppIdentity."""
+    from .tokens import parse_time
+
+    head = ["NAME", "READY", "VERIFIED", "ALLOWED", "DENIED", "FAILED", "EXCESS"]
+    head += ["TOKEN-EXPIRES", "LAST-CHECK", "REASON"]
+    rows = [["NAMESPACE", *head] if namespaces else head]
+    colours: dict[tuple[int, int], str] = {}
+    for obj in sorted(
+        identities, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"])
+    ):
+        status = obj.get("status") or {}
+        conds = {c.get("type"): c for c in status.get("conditions", [])}
+        ver = status.get("verification") or {}
+        checked = ver.get("checkedAt")
+        current = status.get("observedGeneration") == obj["metadata"].get("generation")
+        ready = conds.get("Ready", {})
+        row = [
+            obj["metadata"]["name"],
+            ready.get("status", "-") if current else "Unknown",
+            conds.get("AccessVerified", {}).get("status", "-"),
+            str(ver.get("allowedChecks", "-")),
+            str(ver.get("deniedChecks", "-")),
+            str(len(ver["failed"])) if "failed" in ver else "-",
+            str(len(ver["excess"])) if "excess" in ver else "-",
+            _expiry(status.get("token") or {}, now),
+            f"{_age((now - parse_time(checked)).total_seconds())} ago" if checked else "-",
+            ready.get("reason", "") if current else "GenerationNotObserved",
+        ]
+        if namespaces:
+            row.insert(0, obj["metadata"]["namespace"])
+        r, off = len(rows), int(namespaces)
+        for c in (1 + off, 2 + off):
+            if row[c] in STATUS_COLOURS:
+                colours[r, c] = STATUS_COLOURS[row[c]]
+        for c in (5 + off, 6 + off):
+            if row[c] not in ("0", "-"):
+                colours[r, c] = RED
+        if row[7 + off] == "expired":
+            colours[r, 7 + off] = RED
+        rows.append(row)
+    if len(rows) == 1:
+        return "No AppIdentities found."
+    return table(rows, colours if colour else None)
+
+
+def _namespace(args: argparse.Namespace) -> str:
+    """-n, or what kubectl would use without it: the current context's namespace, else
+    `default`."""
+    if args.namespace:
+        return str(args.namespace)
+    from kubernetes import config
+
+    try:
+        _contexts, active = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+            config_file=args.kubeconfig or os.environ.get("KUBECONFIG")
+        )
+    except (config.ConfigException, OSError):
+        return "default"
+    return str((active or {}).get("context", {}).get("namespace") or "default")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .kube import Kube
+    from .model import utcnow
+
+    kube = Kube.connect(args.kubeconfig)
+    namespace = None if args.all_namespaces else _namespace(args)
+    if args.name:
+        if namespace is None:
+            raise ValueError("name one identity with -n NAMESPACE, not -A")
+        found = kube.get(KIND, namespace, args.name)
+        if found is None:
+            raise LookupError(f"AppIdentity {namespace}/{args.name} not found")
+        identities = [found]
+    else:
+        identities = kube.list_objects(KIND, namespace)
+    colour = args.color == "always" or (
+        args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    )
+    print(status_table(identities, utcnow(), colour, namespaces=args.all_namespaces))
+    ready = all(
+        any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in (o.get("status") or {}).get("conditions", [])
+        )
+        for o in identities
+    )
+    return EXIT_OK if ready else EXIT_FAILED
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
@@ -249,8 +385,8 @@ def _cmd_verify_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="appidentity-operator", description=__doc__)
+def parser(prog: str = "appidentity-operator") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the operator")
@@ -286,8 +422,23 @@ def parser() -> argparse.ArgumentParser:
     ):
         c = sub.add_parser(name, help=text)
         c.add_argument("name")
-        c.add_argument("--namespace", "-n", default="default")
+        c.add_argument("--namespace", "-n", help="default: the kubeconfig context's namespace")
         c.set_defaults(func=func)
+
+    status = sub.add_parser(
+        "status", help="the verification table of one identity or all in a namespace"
+    )
+    status.add_argument("name", nargs="?", help="one identity (default: all in the namespace)")
+    where = status.add_mutually_exclusive_group()
+    where.add_argument("--namespace", "-n", help="default: the kubeconfig context's namespace")
+    where.add_argument("--all-namespaces", "-A", action="store_true")
+    status.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="auto: only on a terminal, and not with NO_COLOR set",
+    )
+    status.set_defaults(func=_cmd_status)
 
     render = sub.add_parser(
         "render", help="print the objects AppIdentities would produce (no cluster)"
@@ -345,7 +496,7 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--ca", help="CA file for the issuer's HTTPS (default: system trust)")
     verify.set_defaults(func=_cmd_verify_token)
 
-    for c in (run, *[sub.choices[n] for n in ("kubeconfig", "check")]):
+    for c in (run, *[sub.choices[n] for n in ("kubeconfig", "check", "status")]):
         c.add_argument(
             "--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
         )
@@ -358,8 +509,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "appidentity-operator") -> int:
+    args = parser(prog).parse_args(argv)
     try:
         code: int = args.func(args)
         return code
@@ -373,6 +524,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: the API server said {exc}", file=sys.stderr)
             return EXIT_FAILED
         raise
+
+
+def kubectl_plugin() -> int:
+    """`kubectl-appid`: kubectl runs it for `kubectl appid ...`; every command of the main
+    program, under the name kubectl users type."""
+    return main(prog="kubectl appid")
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ from . import FIELD_MANAGER, GROUP, PLURAL, VERSION
 from . import metrics as m
 from .desired import is_subset, object_key
 from .kube import ApiError, Kube, load_configuration
-from .model import IDENTITY_LABEL, MANAGED_BY, identity_key, utcnow
+from .model import IDENTITY_LABEL, MANAGED_BY, identity_key, rfc3339, utcnow
 from .policy import load_policy
 from .reconcile import Memory, Result, Runtime, cleanup, reconcile
-from .status import without_timestamps
+from .status import interrupted, without_timestamps
 from .tokens import parse_time
 from .verify.baseline import Baseline
 
@@ -255,9 +255,28 @@ def _cycle(rt: Runtime, body: dict[str, Any], tracked: Tracked) -> float:
         log.warning("%s: API error %s, retrying in %.0fs", key, exc, ERROR_BACKOFF)
         m.RECONCILES.labels("error").inc()
         m.ERRORS.labels("reconcile").inc()
+        _report_interrupted(rt, body, tracked, exc)
         return ERROR_BACKOFF
     finally:
         m.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+
+def _report_interrupted(
+    rt: Runtime, body: Mapping[str, Any], tracked: Tracked, exc: ApiError
+) -> None:
+    """Reconciling=True while a reconcile keeps failing on the API server, so GitOps tools wait
+    instead of trusting the last outcome; best effort, as the API server is what failed."""
+    meta = body["metadata"]
+    previous = dict(body.get("status") or {})
+    message = f"retrying in {ERROR_BACKOFF:.0f}s after an API error: {exc}"[:900]
+    status = interrupted(previous, meta.get("generation", 0), message, rfc3339(utcnow()))
+    if without_timestamps(status) == without_timestamps(previous):
+        return
+    try:
+        rt.kube.patch_status(meta["namespace"], meta["name"], status)
+        tracked.last_written = status
+    except ApiError as again:
+        log.warning("%s/%s: status not written either: %s", meta["namespace"], meta["name"], again)
 
 
 async def _until_stopped(stopped: kopf.DaemonStopped) -> None:

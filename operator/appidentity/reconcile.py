@@ -259,7 +259,7 @@ def _undo(rt: Runtime, created: list[dict[str, Any]]) -> None:
 def _already_pruned(identity: Identity, previous: Mapping[str, Any]) -> tuple[int, bool] | None:
     """After a restart: the status proves the last process pruned for this generation and
     schedule state, so nothing needs listing. A brand-new identity has nothing to prune."""
-    if not previous:
+    if not st.reported(previous):
         return (1, True) if identity.generation == 1 else None
     conditions = {c.get("type"): c for c in previous.get("conditions", [])}
     provisioned = conditions.get(st.PROVISIONED, {}).get("status") == "True"
@@ -693,7 +693,7 @@ def _apply(rt: Runtime, case: Case, mem: Memory) -> Applied:
     created: list[dict[str, Any]] = []
     try:
         wanted = {build.object_key(o): o for o in want.objects}
-        live = _live(rt, identity, keys, wanted, new=not case.previous)
+        live = _live(rt, identity, keys, wanted, new=not st.reported(case.previous))
         # Recorded before applying, so the watch events of the operator's own writes match
         # what it wants and do not wake the identity again.
         mem.desired = wanted
