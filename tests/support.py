@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -270,8 +271,6 @@ SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 def image_name() -> str:
     """What `make image` tags (fully qualified, as a cluster reads deploy/'s image name)."""
-    import tomllib
-
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     return f"docker.io/library/appidentity-operator:{version}"
 
@@ -350,6 +349,8 @@ class ImageOperator:
         return ServiceAccountVolume(self.workdir / "serviceaccount")
 
     def mount_image(self) -> None:
+        if subprocess.run(["podman", "image", "exists", image_name()], check=False).returncode:
+            raise RuntimeError(f"no image {image_name()}: run `make image` first")
         self.rootfs = Path(podman("image", "mount", image_name()))
 
     def unmount_image(self) -> None:
