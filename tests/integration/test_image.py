@@ -292,6 +292,7 @@ def test_a_missing_permission_in_deploy_rbac_fails_with_a_clear_message(
 def test_sigterm_stops_it_within_the_grace_period(image_operator: ImageOperator) -> None:
     logged = len(image_operator.log())
     took = image_operator.stop()
+    print(f"\nSIGTERM: stopped in {took:.1f} s (grace period {GRACE_SECONDS} s)")
     try:
         assert took < GRACE_SECONDS
         assert image_operator.exit_code == 0
