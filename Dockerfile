@@ -37,12 +37,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     TMPDIR=/tmp
 # A named user for the numeric ID the Pod runs as; no pip, setuptools or wheel left to use at
-# run time (the venv has none either).
+# run time (the venv has none either). The official base has pip in site-packages; a Debian-built
+# base (`make image` where no registry is reachable) has it only as ensurepip's wheels.
 RUN groupadd --system --gid 65532 nonroot \
  && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin nonroot \
- && python -m pip uninstall --yes --root-user-action=ignore pip setuptools wheel \
- && rm -rf /root/.cache
+ && if python -m pip --version >/dev/null 2>&1; then \
+      python -m pip uninstall --yes --root-user-action=ignore pip setuptools wheel; fi \
+ && rm -rf /root/.cache /usr/share/python-wheels
 COPY --from=builder /opt/venv /opt/venv
 USER 65532:65532
 WORKDIR /tmp

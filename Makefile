@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PY_DIRS := $(wildcard operator tests bench)
 
 .PHONY: help deps system-deps venv control-plane kstatus cluster cluster-down install run demo demo-down \
-        test unit integration lint fmt render install.yaml bench chaos judge e2e-kind helm
+        test unit integration lint fmt render install.yaml bench chaos judge e2e-kind helm image
 
 help: ## this list
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -76,8 +76,17 @@ fmt: venv
 unit: venv ## unit tests of the pure logic (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test: deps helm lint ## everything: lint, unit and integration tests against a real API server
+# The operator's behaviour again, with the operator run from `make image`'s image with a Pod's
+# credentials, under deploy/'s RBAC (APPID_TEST_OPERATOR=image; needs root, as CI has).
+IMAGE_TESTS ?= tests/integration/test_image.py tests/integration/test_provisioning.py \
+               tests/integration/test_selfcheck.py
+
+test: deps helm lint image ## everything: lint, unit and integration tests, then again from the image
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+	APPID_TEST_OPERATOR=image $(PY) -m pytest $(IMAGE_TESTS) $(PYTEST_ARGS)
+
+image: ## the image from Dockerfile without Docker (podman, a Debian base): dist/*.oci.tar
+	@bash hack/image.sh
 
 render: venv ## print what the examples would create (no cluster needed)
 	$(VENV)/bin/appidentity-operator render -f examples/ 2>/dev/null || \

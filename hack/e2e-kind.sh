@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# `make e2e-kind`, for machines with Docker and kind: builds the image, deploys it with deploy/
-# into a kind cluster, and runs the integration suite against the in-cluster operator.
+# `make e2e-kind`, for machines with Docker and kind: builds the image (`make image`), loads its
+# archive into a kind cluster, deploys deploy/ and runs the integration suite against the
+# in-cluster operator.
 # (It cannot run where there is no Docker engine, such as this project's CI machine.)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 name=${KIND_CLUSTER:-appidentity-e2e}
-image=appidentity-operator:0.1.0
 kubeconfig="$repo/.state/kind-$name.kubeconfig"
-for tool in docker kind kubectl; do
+for tool in kind kubectl; do
   command -v "$tool" >/dev/null || { echo "make e2e-kind needs $tool on PATH" >&2; exit 1; }
 done
 mkdir -p "$repo/.state"
@@ -20,21 +20,14 @@ kind get clusters | grep -qx "$name" ||
 kind get kubeconfig --name "$name" >"$kubeconfig"
 k() { kubectl --kubeconfig "$kubeconfig" "$@"; }
 
-make venv
-docker build -t "$image" .
-kind load docker-image "$image" --name "$name"
+# The image `make image` builds (daemonless, the same Dockerfile), loaded from its archive: the
+# image tested on machines without Docker is the image kind users run.
+make venv image
+version=$(.venv/bin/python -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+archive=dist/appidentity-operator-$version.oci.tar
+kind load image-archive "$archive" --name "$name"
 
-# The CRD first, so that everything referring to its kind can be applied.
-k apply -k crds/
-k wait --for=condition=Established --timeout=60s crd/appidentities.appidentity.dev
-# deploy/ with the suite's policy (tests/policy.yaml: the defaults plus cluster-wide rules for
-# one namespace), the documented way: one policy file, a kustomize Component generated from it.
-overlay="$repo/.state/kind-overlay"
-mkdir -p "$overlay/policy"
-.venv/bin/appidentity-operator policy-manifests --policy tests/policy.yaml \
-  >"$overlay/policy/kustomization.yaml"
-printf 'resources: [../../deploy]\ncomponents: [policy]\n' >"$overlay/kustomization.yaml"
-k apply -k "$overlay"
+KUBECTL=kubectl hack/deploy-for-tests.sh "$kubeconfig"
 k -n appidentity-system rollout restart deployment/appidentity-operator
 k -n appidentity-system rollout status deployment/appidentity-operator --timeout=180s
 

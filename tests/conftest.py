@@ -31,9 +31,11 @@ from support import (
     TEST_POLICY_FILE,
     TEST_STATE_DIR,
     Cluster,
+    ImageOperator,
     InClusterOperator,
     Operator,
     Token,
+    apply_deploy,
     requester_stamp,
     token_kubeconfig,
     wait_until,
@@ -42,6 +44,9 @@ from support import (
 BUILD_SH = REPO / "hack" / "build-control-plane.sh"
 ENV_KUBECONFIG = "APPID_TEST_KUBECONFIG"
 ENV_KEEP = "APPID_TEST_KEEP_CLUSTER"
+# local (default): a local process with the admin kubeconfig; image: from `make image`'s image
+# with a Pod's credentials (tests/support.py ImageOperator); in-cluster: deploy/'s Deployment.
+OPERATOR_MODE = os.environ.get("APPID_TEST_OPERATOR", "local")
 
 
 # --- collection --------------------------------------------------------------------------------
@@ -261,13 +266,17 @@ def kube(cluster: Cluster) -> Kube:
 
 @pytest.fixture(scope="session")
 def crd_installed(cluster: Cluster) -> None:
-    cluster.run_kubectl("apply", "-k", str(REPO / "crds"))
-    cluster.run_kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/appidentities.appidentity.dev",
-    )
+    """The CRD; in image mode the whole of deploy/, as a user installs it."""
+    if OPERATOR_MODE == "image":
+        apply_deploy(cluster)
+    else:
+        cluster.run_kubectl("apply", "-k", str(REPO / "crds"))
+        cluster.run_kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/appidentities.appidentity.dev",
+        )
     for ns in ("appidentity-system", CLUSTER_RULES_NAMESPACE):
         cluster.run_kubectl("create", "namespace", ns, check=False)
     # The operator grants nothing to an identity whose requester admission did not record.
@@ -277,14 +286,25 @@ def crd_installed(cluster: Cluster) -> None:
 
 @pytest.fixture(scope="session")
 def operator(
-    cluster: Cluster, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator | InClusterOperator]:
-    """A local operator process, or, with APPID_TEST_OPERATOR=in-cluster, the one deploy/
-    installed into the cluster that APPID_TEST_KUBECONFIG names."""
-    if os.environ.get("APPID_TEST_OPERATOR") == "in-cluster":
+    cluster: Cluster, kube: Kube, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator | InClusterOperator | ImageOperator]:
+    """A local operator process; with APPID_TEST_OPERATOR=image, the operator run from its image
+    with a Pod's credentials; with APPID_TEST_OPERATOR=in-cluster, the one deploy/ installed
+    into the cluster that APPID_TEST_KUBECONFIG names."""
+    if OPERATOR_MODE == "in-cluster":
         yield InClusterOperator(cluster)
         return
     workdir = tmp_path_factory.mktemp("operator")
+    if OPERATOR_MODE == "image":
+        image = ImageOperator(cluster, kube, workdir, workdir / "operator.log")
+        image.mount_image()
+        try:
+            image.start()
+            yield image
+            image.stop()
+        finally:
+            image.unmount_image()
+        return
     op = Operator(cluster, workdir, workdir / "operator.log")
     op.start()
     yield op

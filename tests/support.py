@@ -8,16 +8,21 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from appidentity.kube import Http, Kube, path_for
@@ -253,6 +258,258 @@ def admission_refusal(cluster: Cluster, doc: dict[str, Any]) -> list[str] | None
     )
     assert match, f"refused, but not by the admission policy:\n{done.stderr}"
     return [m.strip() for m in match.group(1).strip().split("; ")]
+
+
+# --- the operator run from its image ------------------------------------------------------
+
+RUN_IMAGE = REPO / "hack" / "run-image.sh"
+DEPLOY_FOR_TESTS = REPO / "hack" / "deploy-for-tests.sh"
+DEPLOYMENT = yaml.safe_load((REPO / "deploy" / "deployment.yaml").read_text())
+GRACE_SECONDS = int(DEPLOYMENT["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def image_name() -> str:
+    """What `make image` tags (fully qualified, as a cluster reads deploy/'s image name)."""
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    return f"docker.io/library/appidentity-operator:{version}"
+
+
+def podman(*args: str) -> str:
+    done = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"podman {args[0]} {args[1:2]}: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip()
+
+
+def apply_deploy(cluster: Cluster) -> None:
+    """deploy/ as users apply it, with the suite's policy (hack/deploy-for-tests.sh)."""
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    env["KUBECTL"] = cluster.kubectl
+    subprocess.run(
+        [str(DEPLOY_FOR_TESTS), str(cluster.kubeconfig)], env=env, check=True, timeout=180
+    )
+
+
+@dataclass
+class ServiceAccountVolume:
+    """The kubelet's projected ServiceAccount volume on the host side: `token`, `ca.crt` and
+    `namespace` as links into `..data`, itself a link to a timestamped directory. An update is
+    a new directory, swapped in by renaming a new `..data` link over the old one (atomic), so a
+    reader never sees half of it."""
+
+    path: Path
+
+    def write(self, files: dict[str, bytes]) -> None:
+        self.path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("..%Y_%m_%d_%H_%M_%S.") + uuid.uuid4().hex[:9]
+        payload = self.path / stamp
+        payload.mkdir(mode=0o755)
+        for name, content in files.items():
+            (payload / name).write_bytes(content)
+            (payload / name).chmod(0o644)
+        staged = self.path / "..data_tmp"
+        staged.unlink(missing_ok=True)
+        staged.symlink_to(stamp)
+        old = os.readlink(self.path / "..data") if (self.path / "..data").is_symlink() else None
+        os.replace(staged, self.path / "..data")
+        for name in files:
+            if not (self.path / name).is_symlink():
+                (self.path / name).symlink_to(f"..data/{name}")
+        if old:
+            shutil.rmtree(self.path / old)
+
+
+@dataclass
+class ImageOperator:
+    """The operator run from `make image`'s image as deploy/'s Pod runs it, with no container
+    runtime (hack/run-image.sh): its ServiceAccount's bound token, the policy ConfigMap and the
+    Deployment's args and env; the API server reached through KUBERNETES_SERVICE_HOST/_PORT, so
+    the client's in-cluster configuration is the one taken. No kubeconfig inside.
+
+    Each token is bound to a Secret of its own (a kubelet binds it to the Pod; here no Pod
+    runs), so revoking one is deleting its Secret. The network namespace is the host's (the API
+    server is on its loopback), so the metrics and liveness ports are free ones instead of
+    8080/8081: several suites run on one machine."""
+
+    cluster: Cluster
+    kube: Kube
+    workdir: Path
+    log_path: Path
+    metrics_port: int = field(default_factory=free_port)
+    liveness_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    rootfs: Path | None = None
+    token_secret: str | None = None
+    exit_code: int | None = None
+    pod_name: str = field(default_factory=lambda: f"{OPERATOR_SA}-{uuid.uuid4().hex[:10]}")
+
+    @property
+    def volume(self) -> ServiceAccountVolume:
+        return ServiceAccountVolume(self.workdir / "serviceaccount")
+
+    def mount_image(self) -> None:
+        if subprocess.run(["podman", "image", "exists", image_name()], check=False).returncode:
+            raise RuntimeError(f"no image {image_name()}: run `make image` first")
+        self.rootfs = Path(podman("image", "mount", image_name()))
+
+    def unmount_image(self) -> None:
+        if self.rootfs is not None:
+            podman("image", "unmount", image_name())
+            self.rootfs = None
+
+    def mint_token(self, seconds: int = 3600) -> str:
+        """A TokenRequest of the operator's ServiceAccount bound to a new Secret, written into
+        the volume; returns that Secret's name (delete it to revoke the token)."""
+        secret = self.kube.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": f"{self.pod_name}-token-{uuid.uuid4().hex[:5]}",
+                    "namespace": OPERATOR_NAMESPACE,
+                },
+            }
+        )
+        meta = secret["metadata"]
+        answer = self.kube.request_token(
+            OPERATOR_NAMESPACE, OPERATOR_SA, seconds, [], (meta["name"], meta["uid"])
+        )
+        self.volume.write(
+            {
+                "token": answer["status"]["token"].encode(),
+                "ca.crt": self.cluster.ca_file.read_bytes(),
+                "namespace": OPERATOR_NAMESPACE.encode(),
+            }
+        )
+        return str(meta["name"])
+
+    def rotate(self) -> str:
+        """What the kubelet does, then a revocation it does not do: a new token swapped into the
+        volume, and the old one revoked by deleting its Secret. Returns the new Secret's name."""
+        old, self.token_secret = self.token_secret, self.mint_token()
+        if old:
+            self.kube.delete("Secret", OPERATOR_NAMESPACE, old)
+        return self.token_secret
+
+    def _container(self) -> tuple[list[str], list[str], str]:
+        """(command, environment, working directory) as the kubelet would assemble them."""
+        config = json.loads(podman("image", "inspect", image_name()))[0]["Config"]
+        container = DEPLOYMENT["spec"]["template"]["spec"]["containers"][0]
+        args = list(container["args"])
+        ports = {"--metrics-port": self.metrics_port, "--liveness-port": self.liveness_port}
+        for i, arg in enumerate(args[:-1]):
+            if arg in ports:
+                args[i + 1] = str(ports[arg])
+        fields = {"metadata.namespace": OPERATOR_NAMESPACE, "metadata.name": self.pod_name}
+        env = list(config.get("Env") or [])
+        for var in container.get("env", []):
+            value = var.get("value") or fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+            env.append(f"{var['name']}={value}")
+        server = urlsplit(self.cluster.server)
+        env += [
+            f"KUBERNETES_SERVICE_HOST={server.hostname}",
+            f"KUBERNETES_SERVICE_PORT={server.port}",
+        ]
+        return [*config["Entrypoint"], *args], env, str(config.get("WorkingDir") or "/")
+
+    def _policy_volume(self) -> Path:
+        """The ConfigMap's keys as files, read from the cluster as the kubelet reads them."""
+        container = DEPLOYMENT["spec"]["template"]["spec"]["containers"][0]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["policy"] == "/etc/appidentity", "run-image.sh mounts it there"
+        configmap = self.kube.request(
+            "GET", f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/configmaps/appidentity-policy"
+        )
+        directory = self.workdir / "policy"
+        directory.mkdir(exist_ok=True)
+        for key, value in configmap["data"].items():
+            (directory / key).write_text(value)
+        return directory
+
+    def _argv(self, command: list[str] | None = None) -> list[str]:
+        """hack/run-image.sh's command line: the image's entrypoint with the Deployment's args,
+        or `command` in the same sandbox."""
+        assert self.rootfs is not None, "mount_image() first"
+        if self.token_secret is None:
+            self.token_secret = self.mint_token()
+        entrypoint, env, cwd = self._container()
+        env_file = self.workdir / "env"
+        env_file.write_text("".join(f"{line}\n" for line in env))
+        scratch = self.workdir / f"scratch-{uuid.uuid4().hex[:6]}"
+        scratch.mkdir()
+        return [
+            str(RUN_IMAGE),
+            str(self.rootfs),
+            str(scratch),
+            str(self.volume.path),
+            str(self._policy_volume()),
+            self.pod_name,
+            cwd,
+            str(env_file),
+            "--",
+            *(command or entrypoint),
+        ]
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self._argv(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={"PATH": os.environ["PATH"]},
+        )
+        wait_until(self._healthy, timeout=60, what="operator liveness endpoint")
+
+    def run(self, *command: str) -> subprocess.CompletedProcess[str]:
+        """`command` from the image, in a sandbox of its own made exactly like the operator's."""
+        return subprocess.run(
+            self._argv(list(command)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": os.environ["PATH"]},
+            check=False,
+        )
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, "operator exited; see its log"
+        try:
+            url = f"http://127.0.0.1:{self.liveness_port}/healthz"
+            return bool(urllib.request.urlopen(url, timeout=1).status == 200)
+        except OSError:
+            return False
+
+    @property
+    def pid(self) -> int:
+        """The operator's host PID: the only child of `unshare`, PID 1 in its namespace."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return int(children.split()[0])
+
+    def stop(self, sig: int = signal.SIGTERM) -> float:
+        """Signals the operator (as the kubelet does), SIGKILL after the grace period; returns
+        the seconds it took to exit."""
+        if not self.proc or self.proc.poll() is not None:
+            self.proc = None
+            return 0.0
+        pid, began = self.pid, time.monotonic()
+        os.kill(pid, sig)
+        try:
+            self.proc.wait(timeout=GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.kill(pid, signal.SIGKILL)
+            self.proc.wait()
+        self.exit_code = self.proc.returncode
+        self.proc = None
+        return time.monotonic() - began
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return str(urllib.request.urlopen(url, timeout=5).read().decode())
 
 
 def wait_until(

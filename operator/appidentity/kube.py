@@ -13,7 +13,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -272,13 +272,36 @@ class TokenTransport:
 class ClientTransport:
     """Requests over the kubernetes client: with the credentials of its configuration (the
     operator's own), or with none (for tokens behind a proxy or a TLS server name, settings
-    that only this client handles)."""
+    that only this client handles).
 
-    def __init__(self, api: client.ApiClient, own_credentials: bool) -> None:
+    With `reload`, a request refused as unauthenticated (401) re-reads the credentials and is
+    sent once more. In a Pod the kubelet replaces the ServiceAccount token in its file; the
+    kubernetes client re-reads that file only once a minute, so a token revoked right after
+    its replacement was written would otherwise fail every request for up to a minute. A 401
+    means the server did nothing, so sending again is safe for every method."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        own_credentials: bool,
+        reload: Callable[[], client.Configuration] | None = None,
+    ) -> None:
         self._api = api
         self._auth = ["BearerToken"] if own_credentials else []
+        self._reload = reload
 
     def send(
+        self, method: str, path: str, headers: dict[str, str], body: Any
+    ) -> tuple[int, str, bytes]:
+        answer = self._send(method, path, headers, body)
+        if answer[0] == 401 and self._reload is not None:
+            fresh = self._reload()
+            cfg = self._api.configuration
+            cfg.api_key, cfg.refresh_api_key_hook = fresh.api_key, fresh.refresh_api_key_hook
+            answer = self._send(method, path, headers, body)
+        return answer
+
+    def _send(
         self, method: str, path: str, headers: dict[str, str], body: Any
     ) -> tuple[int, str, bytes]:
         serialized = self._api.param_serialize(
@@ -295,8 +318,14 @@ Transport = TokenTransport | ClientTransport
 class Kube(Http):
     """The operator's own connection (its ServiceAccount in a cluster, a kubeconfig locally)."""
 
-    def __init__(self, api: client.ApiClient, ca_crt: bytes, public_server: str | None = None):
-        super().__init__(api)
+    def __init__(
+        self,
+        api: client.ApiClient,
+        ca_crt: bytes,
+        public_server: str | None = None,
+        reload: Callable[[], client.Configuration] | None = None,
+    ):
+        super().__init__(api, ClientTransport(api, own_credentials=True, reload=reload))
         self.ca_crt = ca_crt
         # The address written into identities' kubeconfigs; in a cluster the operator's own
         # address is the in-cluster Service, which is right for Pods but not for laptops.
@@ -307,7 +336,9 @@ class Kube(Http):
     def connect(cls, kubeconfig: str | None = None, public_server: str | None = None) -> Kube:
         cfg = load_configuration(kubeconfig)
         ca_crt = Path(cfg.ssl_ca_cert).read_bytes() if cfg.ssl_ca_cert else b""
-        return cls(client.ApiClient(cfg), ca_crt, public_server)
+        return cls(
+            client.ApiClient(cfg), ca_crt, public_server, lambda: load_configuration(kubeconfig)
+        )
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
