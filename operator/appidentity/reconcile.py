@@ -45,6 +45,8 @@ AUDIENCES = "appidentity.dev/token-audiences"
 VERIFYING = "Verifying"  # a failed check being asked again; not yet an outcome worth an Event
 MATCHED = "appidentity.dev/matched"  # in a remembered child: the desired object it matched
 ESCALATION_REFUSED = "EscalationRefused"
+JUDGING = "VerifyingRequester"  # a refusal being asked again once before it is reported
+JUDGE_FIRST_RETRY = 2.0
 JUDGE_AGAIN = 15.0  # seconds until a refused requester is asked about again
 
 
@@ -95,8 +97,9 @@ class Memory:
     rules_hash_generation: int = -1
     retries: int = 0
     last_verification: dict[str, Any] | None = None
-    # (generation, requester stamp) whose spec the requester was found entitled to.
+    # (generation, requester stamp) whose spec the requester was found entitled to / refused.
     judged: tuple[int, str | None] | None = None
+    refused: tuple[int, str | None] | None = None
     cluster_roles: set[str] = field(default_factory=set)
     namespace: str = ""
     service_account: str = ""
@@ -124,9 +127,12 @@ class Stop(Exception):
     reason = "Stopped"
     retry_in = 300.0
 
-    def __init__(self, message: str, reason: str | None = None, retry_in: float = 0.0) -> None:
+    def __init__(
+        self, message: str, reason: str | None = None, retry_in: float = 0.0, event: bool = True
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.event = event
         if reason:
             self.reason = reason
         if retry_in:
@@ -162,7 +168,7 @@ def _stop(body: Mapping[str, Any], now: datetime, stop: Stop) -> Result:
         stop.reason,
         stop.message,
     )
-    events = [] if again else [Event("Warning", stop.reason, stop.message)]
+    events = [] if again or not stop.event else [Event("Warning", stop.reason, stop.message)]
     return Result(status, events, wake_in=stop.retry_in)
 
 
@@ -647,8 +653,13 @@ def _judge(rt: Runtime, case: Case, mem: Memory) -> None:
         refused = _refusals(rt, case.identity, requester)
         if refused:
             message = "; ".join(r.message(requester.username) for r in refused)
-            # Asked again soon: the requester's own RBAC may still be on its way (a GitOps
-            # apply writes it together with the identity) or be granted after the refusal.
+            if mem.refused != verdict:
+                # A GitOps apply writes the requester's RBAC together with the identity, and
+                # RBAC reaches the authorizer a moment later: one more look before refusing.
+                mem.refused = verdict
+                pending = f"re-checking in {JUDGE_FIRST_RETRY:.0f}s: {message}"
+                raise Stop(pending, JUDGING, retry_in=JUDGE_FIRST_RETRY, event=False)
+            # Asked again from time to time: rights granted after the refusal take effect.
             raise Stop(message, ESCALATION_REFUSED, retry_in=JUDGE_AGAIN)
     mem.judged = verdict
 

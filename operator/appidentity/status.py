@@ -45,10 +45,11 @@ STALLED_REASONS = frozenset(
 )
 # Settled but not Ready by design: the identity is exactly as its spec wants it for now.
 SETTLED_REASONS = frozenset({"ScheduleInactive"})
-# Work the operator finishes by itself: a check being asked again while RBAC propagates
-# (reconcile.VERIFYING), a token the cluster has yet to issue, an interrupted reconcile.
+# Work the operator finishes by itself: a check or a requester's refusal being asked again while
+# RBAC propagates (reconcile.VERIFYING, reconcile.JUDGING), a token the cluster has yet to issue,
+# an interrupted reconcile.
 RECONCILING_REASONS = frozenset(
-    {"Verifying", "WaitingForToken", "WaitingForTokenController", "ApiError"}
+    {"Verifying", "VerifyingRequester", "WaitingForToken", "WaitingForTokenController", "ApiError"}
 )
 
 
