@@ -83,6 +83,8 @@ class Cluster:
 OPERATOR_NAMESPACE = "appidentity-system"
 OPERATOR_SA = "appidentity-operator"
 TEST_POLICY_FILE = REPO / "tests" / "policy.yaml"
+# The grant most tests give: read ConfigMaps in the identity's namespace.
+READ_CONFIGMAPS = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
 CLUSTER_RULES_NAMESPACE = yaml.safe_load(TEST_POLICY_FILE.read_text())["clusterRules"][
     "allowedNamespaces"
 ][0]

@@ -24,6 +24,7 @@ from appidentity.model import IDENTITY_LABEL, identity_key
 from kubernetes import client
 from support import (
     CLUSTER_SH,
+    READ_CONFIGMAPS,
     TEST_STATE_DIR,
     Cluster,
     Operator,
@@ -44,7 +45,6 @@ IDENTITIES = int(os.environ.get("APPID_CHAOS_IDENTITIES", "10"))
 KILLS = int(os.environ.get("APPID_CHAOS_KILLS", "5"))
 REPEATS = int(os.environ.get("APPID_CHAOS_REPEATS", "3"))
 MANAGED = "app.kubernetes.io/managed-by=appidentity-operator"
-READ_CONFIGMAPS = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import yaml
 from appidentity.kube import Kube
 from kubernetes import client
 from support import (
+    READ_CONFIGMAPS,
     REPO,
     TEST_STATE_DIR,
     Cluster,
@@ -35,7 +36,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.usefixtures("operator")
-READ_CONFIGMAPS = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
 JWT_SHAPE = re.compile(r"eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,}")
 
 

@@ -13,6 +13,7 @@ import pytest
 from appidentity.kube import ApiError, Kube
 from gitops import argocd_health, kstatus, record_fixture
 from support import (
+    READ_CONFIGMAPS,
     InClusterOperator,
     Operator,
     Token,
@@ -25,7 +26,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.usefixtures("operator")
-READ_CONFIGMAPS = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
 RBAC = "rbac.authorization.k8s.io"
 
 

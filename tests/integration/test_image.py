@@ -23,6 +23,7 @@ from support import (
     GRACE_SECONDS,
     OPERATOR_NAMESPACE,
     OPERATOR_SA,
+    READ_CONFIGMAPS,
     SA_MOUNT,
     Cluster,
     ImageOperator,
@@ -42,7 +43,6 @@ pytestmark = pytest.mark.skipif(
     os.environ.get("APPID_TEST_OPERATOR") != "image",
     reason="the operator from its image: APPID_TEST_OPERATOR=image (make test runs it)",
 )
-READ_CONFIGMAPS = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
 
 
 @pytest.fixture

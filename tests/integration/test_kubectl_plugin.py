@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 import yaml
 from appidentity.kube import Kube
-from support import Cluster, create, identity, wait_ready, wait_until
+from support import READ_CONFIGMAPS, Cluster, create, identity, wait_ready, wait_until
 
 pytestmark = pytest.mark.usefixtures("operator")
-READ_CONFIGMAPS = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
 ANSI = re.compile(r"\033\[\d+m")
 
 

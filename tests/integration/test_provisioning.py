@@ -15,6 +15,7 @@ from appidentity.model import identity_key
 from kubernetes import client
 from support import (
     CLUSTER_RULES_NAMESPACE,
+    READ_CONFIGMAPS,
     Cluster,
     InClusterOperator,
     Operator,
@@ -30,7 +31,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.usefixtures("operator")
-READ_CONFIGMAPS = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
 LABELS = {"app.kubernetes.io/managed-by": "appidentity-operator"}
 
 
