@@ -637,3 +637,11 @@ def requester_stamp(cluster: Cluster) -> str | None:
     annotations = json.loads(done.stdout)["metadata"].get("annotations") or {}
     stamp: str | None = annotations.get("appidentity.dev/requester")
     return stamp
+
+
+def conflicting_identity(kube: Kube, namespace: str, name: str) -> None:
+    """An AppIdentity whose ServiceAccount name is taken by one the operator did not create:
+    the operator must report a Conflict and leave that ServiceAccount alone."""
+    meta = {"name": name, "namespace": namespace}
+    create(kube, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta})
+    create(kube, identity(name, namespace, rules=[READ_CONFIGMAPS]))

@@ -18,6 +18,7 @@ from support import (
     Operator,
     Token,
     condition,
+    conflicting_identity,
     create,
     identity,
     merge_patch,
@@ -197,15 +198,7 @@ def _policy_violation(kube: Kube, ns: str, _: Callable[[], str]) -> None:
 
 
 def _conflict(kube: Kube, ns: str, _: Callable[[], str]) -> None:
-    create(
-        kube,
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "case", "namespace": ns},
-        },
-    )
-    create(kube, identity("case", ns, rules=[READ_CONFIGMAPS]))
+    conflicting_identity(kube, ns, "case")
 
 
 def _consent_missing(kube: Kube, ns: str, make_namespace: Callable[[], str]) -> None:

@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 import yaml
 from appidentity.kube import Kube
-from support import READ_CONFIGMAPS, Cluster, create, identity, wait_ready, wait_until
+from support import (
+    READ_CONFIGMAPS,
+    Cluster,
+    conflicting_identity,
+    create,
+    identity,
+    wait_ready,
+    wait_until,
+)
 
 pytestmark = pytest.mark.usefixtures("operator")
 ANSI = re.compile(r"\033\[\d+m")
@@ -69,15 +77,7 @@ def on_a_terminal(cluster: Cluster, *args: str) -> str:
 @pytest.fixture
 def two_identities(kube: Kube, namespace: str) -> str:
     create(kube, identity("reader", namespace, rules=[READ_CONFIGMAPS]))
-    create(
-        kube,
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "taken", "namespace": namespace},
-        },
-    )
-    create(kube, identity("taken", namespace, rules=[READ_CONFIGMAPS]))
+    conflicting_identity(kube, namespace, "taken")
     wait_ready(kube, namespace, "reader")
 
     def reported() -> bool:

@@ -21,6 +21,7 @@ from support import (
     Operator,
     Token,
     condition,
+    conflicting_identity,
     create,
     identity,
     merge_patch,
@@ -173,15 +174,7 @@ def test_restarted_operator_repairs_what_changed_while_it_was_down(
 def test_foreign_service_account_of_the_same_name_is_reported_and_untouched(
     kube: Kube, namespace: str
 ) -> None:
-    create(
-        kube,
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "taken", "namespace": namespace},
-        },
-    )
-    create(kube, identity("taken", namespace, rules=[READ_CONFIGMAPS]))
+    conflicting_identity(kube, namespace, "taken")
     obj = wait_reason(kube, namespace, "taken", "Conflict", type_="Provisioned")
     assert "ServiceAccount" in condition(obj, "Provisioned")["message"]
     sa = kube.get("ServiceAccount", namespace, "taken") or {}
