@@ -292,7 +292,13 @@ def install_api(kubeconfig: str, api: Api) -> None:
     deadline = time.monotonic() + 60
 
     def in_effect() -> bool:
-        meta = api.json("POST", path, body=probe)["metadata"]
+        try:
+            meta = api.json("POST", path, body=probe)["metadata"]
+        except ApiError as exc:
+            # 503 "Resource kind ... not found" for a moment after the CRD is Established
+            if exc.status in (404, 503):
+                return False
+            raise
         return FINALIZER in meta.get("finalizers", []) and REQUESTER in meta.get("annotations", {})
 
     while not in_effect():
