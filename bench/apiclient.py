@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -530,6 +531,13 @@ class ReadyWatcher(threading.Thread):
         self._halt.set()
         with self._lock:
             if self._resp is not None:
+                # Closing the response does not wake a reader blocked in recv(): it would sit
+                # there until the server's next bookmark, about a minute later, and the
+                # caller's window with it. Shutting the socket down does.
+                sock = getattr(getattr(self._resp.raw, "_connection", None), "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
                 # closing from another thread may race the reader
                 with contextlib.suppress(Exception):
                     self._resp.close()
