@@ -56,7 +56,7 @@ done
 echo "== starting the operator (log: $state/operator.log)"
 stop_operator
 nohup "$operator" run --all-namespaces --metrics-port "$metrics_port" --liveness-port "$liveness_port" \
-  --secret-poll-seconds 10 >"$state/operator.log" 2>&1 &
+  --recheck-seconds 30 >"$state/operator.log" 2>&1 &
 echo $! >"$state/operator.pid"
 
 echo "== applying examples/"

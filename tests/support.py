@@ -127,7 +127,7 @@ class Operator:
                 str(self.metrics_port),
                 "--liveness-port",
                 str(self.liveness_port),
-                "--secret-poll-seconds",
+                "--recheck-seconds",
                 "2",
                 "--log-format",
                 "json",
@@ -403,6 +403,9 @@ class ImageOperator:
         for i, arg in enumerate(args[:-1]):
             if arg in ports:
                 args[i + 1] = str(ports[arg])
+        # The schedule sped up as for the local operator, so drift only a re-check can see
+        # (a deleted token Secret) is found within a test's patience.
+        args += ["--recheck-seconds", "2"]
         fields = {"metadata.namespace": OPERATOR_NAMESPACE, "metadata.name": self.pod_name}
         env = list(config.get("Env") or [])
         for var in container.get("env", []):

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from . import KIND
+from .schedule import FULL_PROOF_SECONDS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -71,7 +72,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         operator_namespace=args.operator_namespace,
         metrics_port=args.metrics_port,
         public_server=args.public_server,
-        secret_poll_seconds=args.secret_poll_seconds,
+        recheck_seconds=args.recheck_seconds,
+        full_proof_seconds=args.full_proof_seconds,
         workers=args.workers,
     )
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
@@ -408,10 +410,16 @@ def parser(prog: str = "appidentity-operator") -> argparse.ArgumentParser:
     run.add_argument("--verbose", "-v", action="store_true")
     run.add_argument("--public-server", help="API server URL written into identities' kubeconfigs")
     run.add_argument(
-        "--secret-poll-seconds",
+        "--recheck-seconds",
         type=float,
-        default=30.0,
-        help="how often a token Secret is looked at between checks (Secrets are not watched)",
+        help="re-check every identity's effective rules this often instead of at its "
+        "spec.verification.intervalSeconds (for tests and benchmarks)",
+    )
+    run.add_argument(
+        "--full-proof-seconds",
+        type=float,
+        default=FULL_PROOF_SECONDS,
+        help="prove every identity in full at least this often, even when nothing changed",
     )
     run.add_argument("--workers", type=int, default=8, help="reconciles running at once (threads)")
     run.set_defaults(func=_cmd_run)

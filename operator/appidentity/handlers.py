@@ -27,6 +27,7 @@ from .kube import ApiError, Kube, load_configuration
 from .model import IDENTITY_LABEL, MANAGED_BY, identity_key, rfc3339, utcnow
 from .policy import load_policy
 from .reconcile import Memory, Result, Runtime, cleanup, reconcile
+from .schedule import FULL_PROOF_SECONDS
 from .status import interrupted, without_timestamps
 from .tokens import parse_time
 from .verify.baseline import Baseline
@@ -45,7 +46,8 @@ class Options:
     operator_namespace: str = "appidentity-system"
     metrics_port: int = 0
     public_server: str | None = None
-    secret_poll_seconds: float = 30.0
+    recheck_seconds: float | None = None
+    full_proof_seconds: float = FULL_PROOF_SECONDS
     workers: int = 8
 
 
@@ -91,6 +93,7 @@ class Registry:
             tracked.drift.append(why)
         if verify:
             tracked.memory.verify_soon = True
+        tracked.memory.poked = True
         tracked.poke.set()
 
 
@@ -153,7 +156,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         kube=kube,
         policy=load_policy(OPTIONS.policy),
         baseline=baseline,
-        secret_poll_seconds=OPTIONS.secret_poll_seconds,
+        recheck_seconds=OPTIONS.recheck_seconds,
+        full_proof_seconds=OPTIONS.full_proof_seconds,
     )
     if OPTIONS.metrics_port:
         m.serve(OPTIONS.metrics_port)
@@ -189,6 +193,7 @@ async def identity_changed(body: kopf.Body, **_: Any) -> None:
     if tracked is None or (generation == tracked.generation and not meta.get("deletionTimestamp")):
         return
     tracked.generation = generation
+    tracked.memory.poked = True
     tracked.poke.set()
 
 
@@ -250,8 +255,11 @@ def _cycle(rt: Runtime, body: dict[str, Any], tracked: Tracked) -> float:
         result = reconcile(rt, body, tracked.memory, utcnow())
         _publish(rt, body, tracked, result)
         m.RECONCILES.labels("ok").inc()
+        if result.check:
+            m.CHECKS.labels(result.check).inc()
         return result.wake_in
     except ApiError as exc:
+        tracked.memory.poked = True  # the retry is a full reconcile
         log.warning("%s: API error %s, retrying in %.0fs", key, exc, ERROR_BACKOFF)
         m.RECONCILES.labels("error").inc()
         m.ERRORS.labels("reconcile").inc()

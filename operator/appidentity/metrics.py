@@ -27,6 +27,11 @@ TOKEN_EXPIRY = Gauge(
     "Seconds until the identity's Bound token expires",
     ["namespace", "name"],
 )
+CHECKS = Counter(
+    "appidentity_checks_total",
+    "Self-checks run: full proofs, and re-checks of the token's effective rules",
+    ["kind"],
+)
 ERRORS = Counter(
     "appidentity_errors_total", "Errors talking to the API server, by phase", ["phase"]
 )

@@ -11,10 +11,9 @@ it; grants dropped from the spec are removed after the new ones exist.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from . import desired as build
@@ -32,13 +31,24 @@ from .model import (
     rfc3339,
 )
 from .policy import Policy, check
+from .schedule import FULL_PROOF_SECONDS, SETTLE_DELAYS, Due, Timetable, jittered
 from .verify.baseline import Baseline
-from .verify.plan import Plan, build_plan
+from .verify.plan import Plan, build_plan, proven_namespaces
 from .verify.rbac import Request, RuleDict
-from .verify.run import REVIEWS, ClusterFacts, Verification, verify
+from .verify.run import (
+    REVIEWS,
+    ClusterFacts,
+    Verification,
+    check_jwt,
+    for_api_server,
+    rules_unchanged,
+    verify,
+)
 
 log = logging.getLogger(__name__)
-RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # RBAC propagation lag before a failure is declared
+# RBAC propagation lag: after the operator's own RBAC writes, a failure is asked again after
+# these delays before it is declared. A change the operator did not make is reported at once.
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
 LEGACY_WAIT = 2.0
 PRUNE_KINDS = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
 AUDIENCES = "appidentity.dev/token-audiences"
@@ -58,7 +68,8 @@ class Runtime:
     policy: Policy
     baseline: Baseline
     facts: ClusterFacts = field(default_factory=ClusterFacts)
-    secret_poll_seconds: float = 30.0
+    recheck_seconds: float | None = None  # every identity's re-check interval, if set
+    full_proof_seconds: float = FULL_PROOF_SECONDS
     # Managed children as the watches last saw them (see `remember_child`): lets a reconcile
     # skip applies that would change nothing, so a restarted operator with nothing drifted
     # writes nothing.
@@ -90,9 +101,16 @@ class Memory:
 
     desired: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     pruned_for: tuple[int, bool] | None = None
-    verified_generation: int = -1
-    next_verify: datetime | None = None
-    verify_soon: bool = True
+    verified_generation: int = -1  # -1: not proven by this process yet
+    verify_soon: bool = False
+    # Set by every poke (a spec change, drift, an RBAC event) and after an API error: the next
+    # wake-up is a full reconcile, not a re-check.
+    poked: bool = True
+    # After a full proof: when it goes stale, and what a re-check needs (the token that was
+    # proven, in this process's memory only, and the namespaces its rules were read in).
+    timetable: Timetable | None = None
+    token: str | None = field(default=None, repr=False)
+    rules_namespaces: list[str] = field(default_factory=list)
     rules_hash: str = ""
     rules_hash_generation: int = -1
     retries: int = 0
@@ -118,6 +136,7 @@ class Result:
     status: dict[str, Any]
     events: list[Event]
     wake_in: float  # seconds until this identity needs attention again
+    check: str = ""  # "full" or "rules" when this wake-up proved or re-checked the token
 
 
 class Stop(Exception):
@@ -297,10 +316,11 @@ def _write(
     objects: list[dict[str, Any]],
     live: Mapping[tuple[str, str, str], dict[str, Any] | None],
     created: list[dict[str, Any]],
-) -> dict[tuple[str, str, str], dict[str, Any]]:
+) -> tuple[dict[tuple[str, str, str], dict[str, Any]], bool]:
     """Creates what is missing and applies what differs; what is already as desired costs no
-    request at all."""
+    request at all. Returns the objects and whether anything was written."""
     applied = {}
+    wrote = False
     for obj in objects:
         key = build.object_key(obj)
         current = live[key]
@@ -308,12 +328,14 @@ def _write(
             made = False
             if current is None:
                 current, made = _create(rt, identity, obj, created)
+            wrote |= made
             if current is not None and (
                 made or MATCHED in current or build.is_subset(obj, current)
             ):
                 applied[key] = current
                 continue
             applied[key] = _apply_object(rt, obj)
+            wrote = True
         except ApiError as exc:
             if exc.status not in (403, 422):
                 raise
@@ -321,7 +343,7 @@ def _write(
             kind, ns, name = key
             where = f"{kind} {ns + '/' if ns else ''}{name}"
             raise ApplyRefused(f"the API server refused {where}: {exc.message}") from exc
-    return applied
+    return applied, wrote
 
 
 def _prune(
@@ -556,14 +578,14 @@ def _verified_condition(identity: Identity, ver: Verification) -> st.Condition:
     return st.Condition(st.ACCESS_VERIFIED, True, "AccessVerified", msg)
 
 
-def _jittered(seconds: int) -> timedelta:
-    return timedelta(seconds=seconds * random.uniform(0.9, 1.1))
-
-
 # --- the reconcile: gather, judge, apply, prove, report ------------------------------------
 
 
 def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) -> Result:
+    quiet = _recheck(rt, body, mem, now)
+    if quiet is not None:
+        return quiet
+    mem.poked = False
     try:
         case = _gather(rt, body, now)
         _judge(rt, case, mem)
@@ -598,7 +620,8 @@ class Applied:
     provisioned: st.Condition
     grants: list[dict[str, str]]
     token: TokenState
-    wake: float  # the interval, the next schedule change, token refresh, the Secret poll
+    wake: float  # the interval, the next schedule change, token refresh
+    wrote: bool  # RBAC objects were written or removed: the authorizer may lag behind
 
 
 @dataclass
@@ -610,6 +633,7 @@ class Proof:
     verification: Mapping[str, Any] | None
     wake: float = float("inf")
     token_extra: Mapping[str, str] | None = None
+    check: str = ""  # "full" when the self-check ran
 
 
 def _gather(rt: Runtime, body: Mapping[str, Any], now: datetime) -> Case:
@@ -708,7 +732,7 @@ def _apply(rt: Runtime, case: Case, mem: Memory) -> Applied:
         # Recorded before applying, so the watch events of the operator's own writes match
         # what it wants and do not wake the identity again.
         mem.desired = wanted
-        applied = _write(rt, identity, want.objects, live, created)
+        applied, wrote = _write(rt, identity, want.objects, live, created)
         if case.active and live[case.secret_key] is None:
             secret = _create(rt, identity, _first_secret(rt, identity), created)[0]
             live[case.secret_key] = secret
@@ -719,23 +743,25 @@ def _apply(rt: Runtime, case: Case, mem: Memory) -> Applied:
     mem.service_account = identity.service_account
     mem.grant_namespaces = set(identity.grant_namespaces)
     mem.cluster_roles = identity.cluster_role_names
-    _prune_unwanted(rt, case, mem)
+    wrote |= _prune_unwanted(rt, case, mem)
     sa = applied[("ServiceAccount", identity.namespace, identity.service_account)]
     token = _token(rt, case, sa, live[case.secret_key], mem)
-    return Applied(_provisioned(case), _grants(case), token, _base_wake(rt, case, token))
+    return Applied(_provisioned(case), _grants(case), token, _base_wake(case, token), wrote)
 
 
-def _prune_unwanted(rt: Runtime, case: Case, mem: Memory) -> None:
+def _prune_unwanted(rt: Runtime, case: Case, mem: Memory) -> bool:
+    """Whether anything was removed."""
     identity = case.identity
     if mem.pruned_for is None:
         mem.pruned_for = _already_pruned(identity, case.previous)
     if mem.pruned_for == (identity.generation, case.active):
-        return
+        return False
     removed = _prune(rt, identity, case.want.keys() | {case.secret_key}, case.previous)
     if removed:
         message = "removed what the spec no longer asks for: " + ", ".join(removed)
         case.events.append(Event("Normal", "Pruned", message))
     mem.pruned_for = (identity.generation, case.active)
+    return bool(removed)
 
 
 def _grants(case: Case) -> list[dict[str, str]]:
@@ -800,16 +826,14 @@ def _token(
     return token
 
 
-def _base_wake(rt: Runtime, case: Case, token: TokenState) -> float:
+def _base_wake(case: Case, token: TokenState) -> float:
     spec = case.identity.spec
     wake = float(spec.verification.interval_seconds)
     change = spec.schedule.next_change_after(case.now)
     if change:
         wake = min(wake, (change - case.now).total_seconds() + 0.5)
-    if token.token is not None:
-        if token.refresh_at:
-            wake = min(wake, max(1.0, (token.refresh_at - case.now).total_seconds()))
-        wake = min(wake, rt.secret_poll_seconds)
+    if token.token is not None and token.refresh_at:
+        wake = min(wake, max(1.0, (token.refresh_at - case.now).total_seconds()))
     return wake
 
 
@@ -817,43 +841,72 @@ def _base_wake(rt: Runtime, case: Case, token: TokenState) -> float:
 
 
 def _prove(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof:
-    """The self-check with the token, when one is due; failures are asked again after
-    RETRY_DELAYS before they are reported (RBAC reaches the authorizer a moment after it is
-    written)."""
+    """The full self-check with the token, when one is due. A failure right after the
+    operator's own RBAC writes is asked again after RETRY_DELAYS before it is reported (RBAC
+    reaches the authorizer a moment after it is written); any other outcome is reported at
+    once."""
     identity, now = case.identity, case.now
     if not case.active:
+        mem.timetable = None
         message = _schedule_message(identity, now)
         return Proof(st.Condition(st.ACCESS_VERIFIED, False, "ScheduleInactive", message), None)
     if done.token.token is None:
+        mem.timetable = None
         waiting = st.Condition(st.ACCESS_VERIFIED, None, "WaitingForToken", "no token to check yet")
         return Proof(waiting, None, LEGACY_WAIT)
+    tt = mem.timetable
     due = (
         mem.verify_soon
         or mem.verified_generation != identity.generation
-        or (mem.next_verify is None or now >= mem.next_verify)
+        or tt is None
+        or now >= tt.full_at
     )
-    if not due and mem.last_verification is not None:
-        until_next = (mem.next_verify - now).total_seconds() if mem.next_verify else float("inf")
+    if not due and tt is not None and mem.last_verification is not None:
         last = mem.last_verification
-        return Proof(st.Condition(**last["condition"]), last["status"], until_next)
+        return Proof(st.Condition(**last["condition"]), last["status"], tt.next_wake(now))
+    adopted = _adopt(rt, case, done, mem)
+    if adopted is not None:
+        return adopted
 
     plan, ver = prove(rt, identity, case.consenting, done.token.token, done.token.audiences)
     cond = _verified_condition(identity, ver)
     if plan.truncated:
         note = f" ({plan.truncated} allowed checks beyond the limit were not asked)"
         cond = st.Condition(cond.type, cond.status, cond.reason, cond.message + note)
-    if cond.status is not True and mem.retries < len(RETRY_DELAYS):
+    if cond.status is not True and (mem.retries or done.wrote) and mem.retries < len(RETRY_DELAYS):
         delay = RETRY_DELAYS[mem.retries]
         mem.retries += 1
         pending = st.Condition(
             st.ACCESS_VERIFIED, None, VERIFYING, f"re-checking in {delay:.0f}s: {cond.message}"
         )
-        return Proof(pending, case.previous.get("verification"), delay)
+        return Proof(pending, case.previous.get("verification"), delay, check="full")
+    # A proof woken by an event that shows nothing new may have beaten the authorizer to it.
+    settle = mem.verify_soon and not done.wrote and ver.rules_hash == mem.rules_hash
+    _remember_proof(rt, case, done.token, mem, plan, ver, cond, settle)
+    verification = _verification_status(ver, now)
+    mem.last_verification = {"condition": cond.__dict__, "status": verification}
+    extra = {"issuer": ver.jwt.issuer, "keyID": ver.jwt.key_id}
+    assert mem.timetable is not None
+    return Proof(cond, verification, mem.timetable.next_wake(now), extra, "full")
+
+
+def _remember_proof(
+    rt: Runtime,
+    case: Case,
+    token: TokenState,
+    mem: Memory,
+    plan: Plan,
+    ver: Verification,
+    cond: st.Condition,
+    settle: bool,
+) -> None:
+    """What the next wake-ups need: when this proof goes stale, and the token and namespaces a
+    re-check asks with. A token for other audiences is never sent to the API server, so it is
+    proven in full at every interval (with a probe), as is an identity that is not verified."""
+    identity, now = case.identity, case.now
     mem.retries = 0
     mem.verify_soon = False
     mem.verified_generation = identity.generation
-    mem.next_verify = now + _jittered(identity.spec.verification.interval_seconds)
-    verification = _verification_status(ver, now)
     if (
         mem.rules_hash
         and ver.rules_hash != mem.rules_hash
@@ -862,16 +915,109 @@ def _prove(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof:
         why = "the token's effective rules changed without a change of the spec"
         case.events.append(Event("Warning", "EffectiveRulesChanged", why))
     mem.rules_hash, mem.rules_hash_generation = ver.rules_hash, identity.generation
-    mem.last_verification = {"condition": cond.__dict__, "status": verification}
-    extra = {"issuer": ver.jwt.issuer, "keyID": ver.jwt.key_id}
-    return Proof(cond, verification, (mem.next_verify - now).total_seconds(), extra)
+    cheap = cond.status is True and not ver.probed
+    full_at = now + jittered(rt.full_proof_seconds) if cheap else None
+    mem.token = token.token if cheap else None
+    mem.rules_namespaces = plan.namespaces
+    mem.timetable = _timetable(rt, identity, token, now, full_at)
+    if settle and cheap:
+        mem.timetable.settle = SETTLE_DELAYS
+        mem.timetable.rechecked(now)
+
+
+def _timetable(
+    rt: Runtime, identity: Identity, token: TokenState, now: datetime, full_at: datetime | None
+) -> Timetable:
+    """The next re-check after one interval; the next full proof at `full_at`, or with that
+    re-check when None (a failing identity, a token for other audiences)."""
+    every = rt.recheck_seconds or float(identity.spec.verification.interval_seconds)
+    recheck_at = now + jittered(every)
+    change = identity.spec.schedule.next_change_after(now)
+    return Timetable(
+        identity.generation, every, recheck_at, full_at or recheck_at, token.refresh_at, change
+    )
+
+
+def _adopt(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof | None:
+    """A restarted operator takes over the last process's full proof instead of repeating it,
+    when the status shows this generation verified within the full-proof interval and this
+    reconcile changed nothing: the token's signature is checked offline and its effective rules
+    re-read (a re-check); any difference means a full proof."""
+    identity, now, previous, token = case.identity, case.now, case.previous, done.token
+    last = previous.get("verification") or {}
+    conditions = {c.get("type"): c for c in previous.get("conditions", [])}
+    verified = conditions.get(st.ACCESS_VERIFIED, {})
+    checked = last.get("checkedAt")
+    if (
+        mem.verified_generation != -1
+        or mem.verify_soon
+        or done.wrote
+        or token.issued
+        or token.token is None
+        or previous.get("observedGeneration") != identity.generation
+        or verified.get("status") != "True"
+        or not last.get("rulesHash")
+        or not checked
+        or not for_api_server(token.audiences, rt.baseline.api_audiences())
+    ):
+        return None
+    age = (now - tokens.parse_time(checked)).total_seconds()
+    if not 0 <= age < rt.full_proof_seconds:
+        return None
+    http = rt.kube.token_client(token.token)
+    namespaces = proven_namespaces(identity, case.consenting)
+    try:
+        same = rules_unchanged(http, namespaces, last["rulesHash"])
+    except ApiError as exc:
+        if exc.status != 401:
+            raise
+        return None
+    if not same or not check_jwt(http, identity, token.token, token.audiences, rt.facts).ok:
+        return None
+    cond = st.Condition(st.ACCESS_VERIFIED, True, verified.get("reason", ""), verified["message"])
+    mem.verified_generation = identity.generation
+    mem.rules_hash, mem.rules_hash_generation = last["rulesHash"], identity.generation
+    mem.token, mem.rules_namespaces = token.token, namespaces
+    full_at = tokens.parse_time(checked) + jittered(rt.full_proof_seconds)
+    mem.timetable = _timetable(rt, identity, token, now, full_at)
+    mem.last_verification = {"condition": cond.__dict__, "status": last}
+    return Proof(cond, last, mem.timetable.next_wake(now), check="rules")
+
+
+def _recheck(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) -> Result | None:
+    """A wake-up the last full proof still answers: nothing to do, or a re-check of the
+    token's effective rules that finds them unchanged. None when a full reconcile is due
+    (poked, a new generation, rotation, the long interval, or the re-check saw a change)."""
+    tt, token = mem.timetable, mem.token
+    generation = body.get("metadata", {}).get("generation", 0)
+    if tt is None or token is None:
+        return None
+    due = tt.due(generation, mem.poked, now)
+    if due is Due.FULL:
+        return None
+    check = ""
+    if due is Due.RECHECK:
+        check = "rules"
+        try:
+            same = rules_unchanged(
+                rt.kube.token_client(token), mem.rules_namespaces, mem.rules_hash
+            )
+        except ApiError as exc:
+            if exc.status != 401:  # 401: the token is dead, e.g. its Secret was deleted
+                raise
+            same = False
+        if not same:
+            mem.verify_soon = True
+            return None
+        tt.rechecked(now)
+    return Result(dict(body.get("status") or {}), [], tt.next_wake(now), check)
 
 
 # --- report --------------------------------------------------------------------------------
 
 
 def _report(case: Case, done: Applied, proof: Proof) -> Result:
-    return _finish(
+    result = _finish(
         case.identity,
         case.previous,
         case.now,
@@ -883,6 +1029,8 @@ def _report(case: Case, done: Applied, proof: Proof) -> Result:
         min(done.wake, proof.wake),
         proof.token_extra,
     )
+    result.check = proof.check
+    return result
 
 
 def _finish(

@@ -70,6 +70,13 @@ def _granted_rules(
     return granted
 
 
+def proven_namespaces(identity: Identity, consenting: set[str]) -> list[str]:
+    """The namespaces a full proof reads the token's effective rules in (`Plan.namespaces`),
+    known without reading any ClusterRole."""
+    others = [g.name for g in identity.spec.namespaces if g.name in consenting]
+    return list(dict.fromkeys([identity.namespace, *others]))
+
+
 def _is_concrete(req: Request) -> bool:
     return "*" not in (req.verb, req.group, req.resource)
 

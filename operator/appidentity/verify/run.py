@@ -182,17 +182,32 @@ def check_access(
         return out
     out.results = list(REVIEWS.map(lambda c: _ask(http, c), [*plan.allowed, *plan.denied]))
     out.results += _real_requests(http, plan, facts)
-    effective_by_ns: dict[str, list[RuleDict]] = {}
-    for ns in plan.namespaces:
-        found, incomplete = http.rules_review(ns)
-        effective: list[RuleDict] = list(found)
-        out.incomplete |= incomplete
-        effective_by_ns[ns] = effective
+    effective_by_ns, out.incomplete = effective_rules(http, plan.namespaces)
+    for ns, effective in effective_by_ns.items():
         allowed = [*plan.grants[ns], *plan.grants.get("", []), *baseline(ns)]
         out.excess += excess(effective, allowed, ns)
         out.results += _grant_coverage(plan, effective, ns)
     out.rules_hash = rules_hash(effective_by_ns)
     return out
+
+
+def effective_rules(
+    http: Http, namespaces: Sequence[str]
+) -> tuple[dict[str, list[RuleDict]], bool]:
+    """(namespace -> the token's effective rules there, whether any answer was incomplete)."""
+    by_ns: dict[str, list[RuleDict]] = {}
+    incomplete = False
+    for ns in namespaces:
+        found, partial = http.rules_review(ns)
+        by_ns[ns] = list(found)
+        incomplete |= partial
+    return by_ns, incomplete
+
+
+def rules_unchanged(http: Http, namespaces: Sequence[str], expected_hash: str) -> bool:
+    """The cheap re-check: the token's effective rules hash as they did at the last full
+    proof (one SelfSubjectRulesReview per namespace; raises ApiError 401 for a dead token)."""
+    return rules_hash(effective_rules(http, namespaces)[0]) == expected_hash
 
 
 def check_jwt(
