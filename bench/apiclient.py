@@ -14,11 +14,12 @@ import contextlib
 import json
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -530,7 +531,67 @@ class ReadyWatcher(threading.Thread):
         self._halt.set()
         with self._lock:
             if self._resp is not None:
+                # Closing the response does not wake a reader blocked in recv(): it would sit
+                # there until the server's next bookmark, about a minute later, and the
+                # caller's window with it. Shutting the socket down does.
+                sock = getattr(getattr(self._resp.raw, "_connection", None), "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
                 # closing from another thread may race the reader
                 with contextlib.suppress(Exception):
                     self._resp.close()
         self.join(timeout=10)
+
+
+def has_condition(
+    obj: Mapping[str, Any], type_: str, *, status: str | None = None, reason: str | None = None
+) -> bool:
+    """Whether the object's status has a condition of this type (and status, and reason)."""
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") != type_:
+            continue
+        if status is not None and c.get("status") != status:
+            continue
+        if reason is not None and c.get("reason") != reason:
+            continue
+        return True
+    return False
+
+
+class ConditionWatcher(ReadyWatcher):
+    """A ReadyWatcher that also times armed expectations: `arm(key, predicate)`, then the
+    monotonic time of the first watch event (after arming) whose object satisfies the
+    predicate lands in `hits[key]`."""
+
+    def __init__(self, api: Api, label_selector: str) -> None:
+        super().__init__(api, label_selector)
+        self.armed: dict[tuple[str, str], Callable[[Mapping[str, Any]], bool]] = {}
+        self.hits: dict[tuple[str, str], float] = {}
+
+    def arm(self, key: tuple[str, str], predicate: Callable[[Mapping[str, Any]], bool]) -> None:
+        with self.changed:
+            self.hits.pop(key, None)
+            self.armed[key] = predicate
+
+    def _note(self, obj: Mapping[str, Any]) -> None:
+        super()._note(obj)
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        now = time.monotonic()
+        with self.changed:
+            predicate = self.armed.get(key)
+            if predicate is not None and predicate(obj):
+                del self.armed[key]
+                self.hits[key] = now
+                self.changed.notify_all()
+
+    def wait_hits(self, keys: set[tuple[str, str]], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not keys <= self.hits.keys():
+                left = deadline - time.monotonic()
+                if left <= 0 or self.error:
+                    return False
+                self.changed.wait(min(left, 1.0))
+        return True

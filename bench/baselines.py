@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import statistics
 import subprocess
 import threading
@@ -57,6 +58,10 @@ class BaselineResult:
     identities: int
     wall_seconds: float
     per_identity_seconds: list[float] = field(default_factory=list)
+    # From the moment the identity's work could start until it was done: all identities are
+    # handed to the pool at once, so from the run's start (the operator's latency is counted
+    # from each create call's return, which is how its work can start).
+    latency_seconds: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     requests: dict[str, float] = field(default_factory=dict)  # per identity, own count
     retries: int = 0
@@ -79,12 +84,30 @@ class BaselineResult:
                 "mean": round(statistics.fmean(per), 3) if per else None,
                 "max": round(max(per), 3) if per else None,
             },
+            "latency_seconds": {
+                **{f"p{p}": _round(percentile(self.latency_seconds, p)) for p in (50, 95, 99)},
+                "max": _round(max(self.latency_seconds)) if self.latency_seconds else None,
+                "definition": "from the run's start (all identities handed to the pool at "
+                "once) until that identity's last check returned",
+            },
             "requests_per_identity": {k: round(v, 2) for k, v in self.requests.items()},
             "rbac_retries": self.retries,
             "failures": self.failures[:20],
             "failure_count": len(self.failures),
             "notes": self.notes,
         }
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile (p in 0..100): the smallest value with p% at or below it."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 # --- (a) kubectl, one after another ----------------------------------------------------------
@@ -350,10 +373,12 @@ def direct_flow(
     before_t: dict[Key, float] = dict(tokens.counts)
     failures: list[str] = []
     per: list[float] = []
+    latency: list[float] = []
 
     def run(target: tuple[str, str]) -> None:
         try:
             per.append(direct.one(*target))
+            latency.append(time.monotonic() - started)
         except (ApiError, AssertionError, KeyError, jwt.PyJWTError) as exc:
             failures.append(f"{target[0]}/{target[1]}: {exc}")
 
@@ -373,6 +398,7 @@ def direct_flow(
         identities=len(targets),
         wall_seconds=wall,
         per_identity_seconds=per,
+        latency_seconds=latency,
         failures=failures,
         requests={k: v / n for k, v in summarize(own).items()},
         retries=direct.retries,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -149,6 +150,34 @@ def read_proc(pid: int) -> ProcStats | None:
     )
 
 
+OPERATOR_SRC = REPO / "operator"
+
+
+def operator_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the operator runs in: the operator code of this checkout first on the
+    path, so a benchmark run from a git worktree measures that worktree's operator and not the
+    checkout the virtualenv's editable install points at. `extra` may add to PYTHONPATH."""
+    env = {**os.environ, **(extra or {})}
+    paths = [str(OPERATOR_SRC), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def operator_options(python: str) -> set[str]:
+    """The long options `appidentity run` accepts (from its --help), so the benchmark passes
+    newer options only to an operator that has them."""
+    done = subprocess.run(
+        [python, "-m", "appidentity", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=str(REPO),
+        env=operator_env(),
+    )
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", done.stdout))
+
+
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -169,7 +198,7 @@ class Operator:
         kubeconfig: str,
         log_path: Path,
         workers: int,
-        secret_poll_seconds: float | None,
+        schedule: list[str] | None = None,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
@@ -178,7 +207,7 @@ class Operator:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.workers = workers
-        self.secret_poll_seconds = secret_poll_seconds
+        self.schedule = list(schedule or [])
         self.extra_args = list(extra_args or [])
         self.metrics_port = 0
         self.liveness_port = 0
@@ -208,8 +237,7 @@ class Operator:
             "--workers",
             str(self.workers),
         ]
-        if self.secret_poll_seconds is not None:
-            cmd += ["--secret-poll-seconds", str(self.secret_poll_seconds)]
+        cmd += self.schedule
         cmd += self.extra_args
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
@@ -221,7 +249,7 @@ class Operator:
             stderr=subprocess.STDOUT,
             cwd=str(REPO),
             start_new_session=True,
-            env={**os.environ, **self.env} if self.env else None,
+            env=operator_env(self.env),
             preexec_fn=_die_with_parent,
         )
         log.close()
