@@ -65,9 +65,15 @@ class Tracked:
 
 
 class Registry:
+    """The tracked identities, and who to wake for an RBAC or namespace event: indexed by what
+    the event names (a ServiceAccount, a namespace's ServiceAccounts, a ClusterRole, a namespace
+    granted into), so an event costs the identities it concerns, not a scan of all of them."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: dict[str, Tracked] = {}
+        self._index: dict[tuple[str, str], set[str]] = {}
+        self._terms: dict[str, set[tuple[str, str]]] = {}
 
     def get(self, key: str) -> Tracked:
         with self._lock:
@@ -80,6 +86,33 @@ class Registry:
     def forget(self, key: str) -> None:
         with self._lock:
             self._items.pop(key, None)
+            self._unindex(key)
+
+    def index(self, key: str, memory: Memory) -> None:
+        """Records what an identity's rights depend on, as its last reconcile found it."""
+        terms = {("sa", f"{memory.namespace}/{memory.service_account}"), ("ns", memory.namespace)}
+        terms |= {("clusterrole", name) for name in memory.cluster_roles}
+        terms |= {("grant", ns) for ns in memory.grant_namespaces}
+        if not memory.namespace:  # not provisioned yet: nothing to be woken for
+            return
+        with self._lock:
+            if self._terms.get(key) == terms or key not in self._items:
+                return
+            self._unindex(key)
+            self._terms[key] = terms
+            for term in terms:
+                self._index.setdefault(term, set()).add(key)
+
+    def _unindex(self, key: str) -> None:
+        for term in self._terms.pop(key, set()):
+            keys = self._index.get(term, set())
+            keys.discard(key)
+            if not keys:
+                self._index.pop(term, None)
+
+    def keys_for(self, *terms: tuple[str, str]) -> set[str]:
+        with self._lock:
+            return set().union(*(self._index.get(t, set()) for t in terms))
 
     def items(self) -> list[tuple[str, Tracked]]:
         with self._lock:
@@ -180,10 +213,20 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     )
 
 
+def _slim(event: Mapping[str, Any]) -> None:
+    """Drops managedFields from an AppIdentity as delivered, before kopf keeps it as the live
+    body of that identity's daemon: nothing here reads them, and they were half of what every
+    identity cost in memory (the bytes of three field managers' field sets, as small dicts)."""
+    obj = event.get("object")
+    if isinstance(obj, dict):
+        (obj.get("metadata") or {}).pop("managedFields", None)
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def identity_changed(body: kopf.Body, **_: Any) -> None:
+async def identity_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """Wakes the identity for a new spec or its deletion, not for status and metadata writes
     (the operator's own, kopf's): those would only repeat a reconcile."""
+    _slim(event)
     tracked = REGISTRY.find(_key(body))
     status = body.get("status")
     if tracked is not None and tracked.last_written is not None and status == tracked.last_written:
@@ -253,6 +296,7 @@ def _cycle(rt: Runtime, body: dict[str, Any], tracked: Tracked) -> float:
         body = {**body, "status": tracked.last_written}
     try:
         result = reconcile(rt, body, tracked.memory, utcnow())
+        REGISTRY.index(key, tracked.memory)
         _publish(rt, body, tracked, result)
         m.RECONCILES.labels("ok").inc()
         if result.check:
@@ -366,16 +410,17 @@ def _child_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
 
 def _subject_keys(subjects: list[Mapping[str, Any]] | None) -> set[str]:
     """Identities whose ServiceAccount a binding names, directly or through a group."""
-    names = {(s.get("kind"), s.get("namespace"), s.get("name")) for s in subjects or []}
-    groups = {s.get("name") for s in subjects or [] if s.get("kind") == "Group"}
-    everyone = bool(groups & {"system:serviceaccounts", "system:authenticated"})
-    found = set()
-    for key, tracked in REGISTRY.items():
-        ns = tracked.memory.namespace
-        sa = ("ServiceAccount", ns, tracked.memory.service_account)
-        if everyone or f"system:serviceaccounts:{ns}" in groups or sa in names:
-            found.add(key)
-    return found
+    groups = {str(s.get("name")) for s in subjects or [] if s.get("kind") == "Group"}
+    if groups & {"system:serviceaccounts", "system:authenticated"}:
+        return {key for key, _ in REGISTRY.items()}
+    prefix = "system:serviceaccounts:"
+    terms = [("ns", g[len(prefix) :]) for g in groups if g.startswith(prefix)]
+    terms += [
+        ("sa", f"{s.get('namespace')}/{s.get('name')}")
+        for s in subjects or []
+        if s.get("kind") == "ServiceAccount"
+    ]
+    return REGISTRY.keys_for(*terms)
 
 
 @kopf.on.event("v1", "serviceaccounts")
@@ -408,10 +453,9 @@ async def cluster_role_binding_event(event: kopf.RawEvent, body: kopf.Body, **_:
 async def cluster_role_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     if _child_event(event, body) or _listed(event):
         return
-    name = body.get("metadata", {}).get("name")
-    for key, tracked in REGISTRY.items():
-        if name in tracked.memory.cluster_roles:
-            REGISTRY.poke(key, verify=True)
+    name = str(body.get("metadata", {}).get("name"))
+    for key in REGISTRY.keys_for(("clusterrole", name)):
+        REGISTRY.poke(key, verify=True)
 
 
 @kopf.on.event("v1", "namespaces")
@@ -426,6 +470,5 @@ async def namespace_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> No
             RUNTIME.namespaces[name] = dict(meta.get("annotations") or {})
     if _listed(event):
         return
-    for key, tracked in REGISTRY.items():
-        if name in tracked.memory.grant_namespaces:
-            REGISTRY.poke(key, verify=True)
+    for key in REGISTRY.keys_for(("grant", str(name))):
+        REGISTRY.poke(key, verify=True)
