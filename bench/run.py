@@ -955,8 +955,8 @@ def run_operator(ctx: Ctx, n: int) -> dict[str, Any]:
                 "log": log_summary(ctx.work / f"operator-{n}-restart.log", 0, None, n),
                 "definition": "time from starting the new process until its appidentity_verified "
                 "gauge is 1 for all N identities: the gauge is only set by a reconcile of that "
-                "identity in this process, and the first reconcile after a start always runs the "
-                "full self-check (no status write is needed for it to count)",
+                "identity in this process (no status write is needed for it to count); "
+                "operator.checks says whether those reconciles re-checked or proved in full",
             }
             log(
                 f"  re-verified in {verified_at if verified_at else float('nan'):.2f}s; "
