@@ -1080,7 +1080,7 @@ def table(results: dict[str, Any], ns: Sequence[int]) -> str:
             op = get(n, "operator", "provisioning", "throughput_per_second")
             base = get(n, "baselines", which, "throughput_per_second")
             if not op or not base:
-                return "-"
+                return "skipped" if get(n, "baselines", "skipped") else "-"
             r = op / base
             return (f"{r * 100:.0f}%" if pct else f"{r:.1f}x") + _mark(r >= limit)
 
