@@ -1,14 +1,17 @@
 """kopf wiring only: which events wake which identity, and where results go.
 
-One daemon per AppIdentity owns all its work (provision, token, self-check, status), so two
-reconciles of the same identity never race. Everything else only *pokes* that daemon: a change
-of the AppIdentity, a deleted or edited child (drift), a binding or ClusterRole that can change
-what the identity's token may do.
+One scheduler turns every AppIdentity's work (provision, token, self-check, status) into
+turns on a small thread pool, never two of one identity at once; between turns an identity
+costs a heap entry, not a task or a timer. Everything else only *pokes* an identity, making
+its next turn due now: a change of the AppIdentity, a deleted or edited child (drift), a
+binding or ClusterRole that can change what the identity's token may do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import logging
 import threading
 import time
@@ -16,7 +19,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -58,7 +61,8 @@ POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile")  # resi
 @dataclass
 class Tracked:
     memory: Memory = field(default_factory=Memory)
-    poke: asyncio.Event = field(default_factory=asyncio.Event)  # set only from the event loop
+    body: dict[str, Any] | None = None  # the AppIdentity as last delivered by the watch
+    lock: threading.Lock = field(default_factory=threading.Lock)  # a reconcile or the cleanup
     drift: list[str] = field(default_factory=list)
     last_written: dict[str, Any] | None = None
     generation: int | None = None  # the AppIdentity generation last reconciled or poked for
@@ -127,7 +131,74 @@ class Registry:
         if verify:
             tracked.memory.verify_soon = True
         tracked.memory.poked = True
-        tracked.poke.set()
+        SCHEDULER.now(key)
+
+
+class Scheduler:
+    """One timer and one queue for every identity, instead of a task and a timer each: an
+    identity is due at one time (the soonest asked for), runs in POOL, and never twice at once;
+    asked for while it runs, it runs again right after. Used from the event loop only."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
+        self._running: set[str] = set()
+        self._again: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def at(self, key: str, when: float) -> None:
+        if self._due.get(key, float("inf")) <= when:
+            return
+        self._due[key] = when
+        heapq.heappush(self._heap, (when, key))
+        self._wake.set()
+
+    def now(self, key: str) -> None:
+        self.at(key, asyncio.get_running_loop().time())
+
+    async def run(self, rt: Runtime) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            while self._heap and self._heap[0][0] <= now:
+                when, key = heapq.heappop(self._heap)
+                if self._due.get(key) != when:
+                    continue  # moved earlier since
+                del self._due[key]
+                if key in self._running:
+                    self._again.add(key)
+                else:
+                    self._start(loop, rt, key)
+            timeout = self._heap[0][0] - now if self._heap else None
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _start(self, loop: asyncio.AbstractEventLoop, rt: Runtime, key: str) -> None:
+        tracked = REGISTRY.find(key)
+        if tracked is None:
+            return
+        self._running.add(key)
+        future = loop.run_in_executor(POOL, _turn, rt, tracked)
+        future.add_done_callback(lambda f: self._done(loop, key, f))
+
+    def _done(self, loop: asyncio.AbstractEventLoop, key: str, future: Any) -> None:
+        self._running.discard(key)
+        try:
+            wait: float | None = future.result()
+        except Exception:  # a bug, not the API server: logged, and tried again later
+            log.exception("%s: reconcile failed, retrying in %.0fs", key, ERROR_BACKOFF)
+            wait = ERROR_BACKOFF
+        if REGISTRY.find(key) is None or wait is None:
+            self._again.discard(key)
+            return
+        if key in self._again:
+            self._again.discard(key)
+            wait = 0.0
+        self.at(key, loop.time() + wait)
+
+
+SCHEDULER = Scheduler()
 
 
 REGISTRY = Registry()
@@ -147,7 +218,7 @@ def _runtime() -> Runtime:
 
 class NoDiffBase(kopf.DiffBaseStorage):
     """kopf's diff-base serves create/update/resume handlers; this operator has none (its
-    daemons read the live object, deletion is the only changing handler). Storing nothing
+    turns read the watched object, deletion is the only changing handler). Storing nothing
     spares a patch of every new AppIdentity, and building nothing spares a deep copy of every
     object of every watched kind on every event."""
 
@@ -213,31 +284,42 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     )
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
 def _slim(event: Mapping[str, Any]) -> None:
-    """Drops managedFields from an AppIdentity as delivered, before kopf keeps it as the live
-    body of that identity's daemon: nothing here reads them, and they were half of what every
-    identity cost in memory (the bytes of three field managers' field sets, as small dicts)."""
+    """Drops managedFields (and kubectl's copy of the last applied spec) from an AppIdentity as
+    delivered, before it is kept as that identity's body: nothing here reads them, and they
+    were half of what every identity cost in memory (the field sets of three field managers,
+    as small dicts)."""
     obj = event.get("object")
-    if isinstance(obj, dict):
-        (obj.get("metadata") or {}).pop("managedFields", None)
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+        (meta.get("annotations") or {}).pop(LAST_APPLIED, None)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def identity_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-    """Wakes the identity for a new spec or its deletion, not for status and metadata writes
-    (the operator's own, kopf's): those would only repeat a reconcile."""
+    """Tracks every AppIdentity and wakes it when it is new, for a new spec or its deletion,
+    not for status and metadata writes (the operator's own, kopf's): those would only repeat a
+    reconcile."""
     _slim(event)
-    tracked = REGISTRY.find(_key(body))
+    key = _key(body)
+    if event.get("type") == "DELETED":
+        REGISTRY.forget(key)
+        return
+    tracked = REGISTRY.get(key)
+    tracked.body = cast(dict[str, Any], event["object"])
     status = body.get("status")
-    if tracked is not None and tracked.last_written is not None and status == tracked.last_written:
-        tracked.last_written = status  # the same, now shared with kopf's copy of the object
+    if tracked.last_written is not None and status == tracked.last_written:
+        tracked.last_written = status  # the same, now shared with the watched object
     meta = body.get("metadata", {})
     generation = meta.get("generation")
-    if tracked is None or (generation == tracked.generation and not meta.get("deletionTimestamp")):
+    if generation == tracked.generation and not meta.get("deletionTimestamp"):
         return
     tracked.generation = generation
-    tracked.memory.poked = True
-    tracked.poke.set()
+    REGISTRY.poke(key)
 
 
 def _publish(rt: Runtime, body: Mapping[str, Any], tracked: Tracked, result: Result) -> None:
@@ -331,37 +413,38 @@ def _report_interrupted(
         log.warning("%s/%s: status not written either: %s", meta["namespace"], meta["name"], again)
 
 
-async def _until_stopped(stopped: kopf.DaemonStopped) -> None:
-    await stopped.wait()
+def _turn(rt: Runtime, tracked: Tracked) -> float | None:
+    """An identity's turn in a worker thread: None once it is being deleted (the finalizer's
+    cleanup takes over), else the seconds until its next turn."""
+    with tracked.lock:
+        body = tracked.body
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        tracked.generation = body["metadata"].get("generation")
+        return _cycle(rt, dict(body), tracked)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, backoff=ERROR_BACKOFF)
-async def identity_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """A coroutine per identity, not a thread: thousands of identities wait for free, and at
-    most OPTIONS.workers reconciles run at once in the pool."""
-    rt = _runtime()
-    tracked = REGISTRY.get(_key(body))
-    loop = asyncio.get_running_loop()
-    stop = asyncio.ensure_future(_until_stopped(stopped))
-    try:
-        while not stopped:
-            tracked.poke.clear()
-            snapshot = dict(body)  # kopf replaces the live body's dict, never edits it in place
-            if snapshot["metadata"].get("deletionTimestamp"):
-                return
-            tracked.generation = snapshot["metadata"].get("generation")
-            wait = await loop.run_in_executor(POOL, _cycle, rt, snapshot, tracked)
-            poke = asyncio.ensure_future(tracked.poke.wait())
-            await asyncio.wait({poke, stop}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            poke.cancel()
-    finally:
-        stop.cancel()
+@kopf.on.startup()
+async def start_scheduler(**_: Any) -> None:
+    global SCHEDULER_TASK
+    SCHEDULER_TASK = asyncio.create_task(SCHEDULER.run(_runtime()), name="appidentity-scheduler")
+
+
+@kopf.on.cleanup()
+async def stop_scheduler(**_: Any) -> None:
+    if SCHEDULER_TASK is not None:
+        SCHEDULER_TASK.cancel()
+
+
+SCHEDULER_TASK: asyncio.Task[None] | None = None
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 def identity_deleted(body: kopf.Body, **_: Any) -> None:
     rt = _runtime()
-    removed = cleanup(rt.kube, body)
+    tracked = REGISTRY.get(_key(body))
+    with tracked.lock:  # after a reconcile in flight, never beside it
+        removed = cleanup(rt.kube, body)
     meta = body["metadata"]
     REGISTRY.forget(_key(body))
     m.forget(meta["namespace"], meta["name"])
