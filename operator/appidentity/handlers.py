@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import json
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
@@ -61,10 +62,12 @@ POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile")  # resi
 @dataclass
 class Tracked:
     memory: Memory = field(default_factory=Memory)
-    body: dict[str, Any] | None = None  # the AppIdentity as last delivered by the watch
+    # The AppIdentity as last delivered by the watch, and the status last written while the
+    # watch has not delivered it yet: compact JSON, a fifth of the memory of parsed dicts.
+    body: bytes | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)  # a reconcile or the cleanup
     drift: list[str] = field(default_factory=list)
-    last_written: dict[str, Any] | None = None
+    last_written: bytes | None = None
     generation: int | None = None  # the AppIdentity generation last reconciled or poked for
 
 
@@ -287,6 +290,10 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
 def _slim(event: Mapping[str, Any]) -> None:
     """Drops managedFields (and kubectl's copy of the last applied spec) from an AppIdentity as
     delivered, before it is kept as that identity's body: nothing here reads them, and they
@@ -310,10 +317,9 @@ async def identity_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> N
         REGISTRY.forget(key)
         return
     tracked = REGISTRY.get(key)
-    tracked.body = cast(dict[str, Any], event["object"])
-    status = body.get("status")
-    if tracked.last_written is not None and status == tracked.last_written:
-        tracked.last_written = status  # the same, now shared with the watched object
+    tracked.body = _compact(event["object"])
+    if tracked.last_written is not None and _compact(body.get("status")) == tracked.last_written:
+        tracked.last_written = None  # delivered: the body has it now
     meta = body.get("metadata", {})
     generation = meta.get("generation")
     if generation == tracked.generation and not meta.get("deletionTimestamp"):
@@ -336,13 +342,11 @@ def _publish(rt: Runtime, body: Mapping[str, Any], tracked: Tracked, result: Res
     for event in result.events:
         rt.kube.post_event(body, event.type, event.reason, event.message)
         log.info("%s/%s %s: %s", ns, name, event.reason, event.message)
-    last = (
-        tracked.last_written if tracked.last_written is not None else dict(body.get("status") or {})
-    )
+    last = dict(body.get("status") or {})  # the last written one, see _cycle
     interval = ((body.get("spec") or {}).get("verification") or {}).get("intervalSeconds", 600)
     if _needs_write(last, result.status, float(interval)):
         rt.kube.patch_status(ns, name, result.status)
-        tracked.last_written = result.status
+        tracked.last_written = _compact(result.status)
     _export(ns, name, result.status)
 
 
@@ -375,7 +379,7 @@ def _cycle(rt: Runtime, body: dict[str, Any], tracked: Tracked) -> float:
     if tracked.last_written is not None:
         # The watch may not have delivered our own last status write yet; comparing against a
         # stale status would repeat Events and reset transition times.
-        body = {**body, "status": tracked.last_written}
+        body = {**body, "status": json.loads(tracked.last_written)}
     try:
         result = reconcile(rt, body, tracked.memory, utcnow())
         REGISTRY.index(key, tracked.memory)
@@ -385,7 +389,8 @@ def _cycle(rt: Runtime, body: dict[str, Any], tracked: Tracked) -> float:
             m.CHECKS.labels(result.check).inc()
         return result.wake_in
     except ApiError as exc:
-        tracked.memory.poked = True  # the retry is a full reconcile
+        # The retry is a full reconcile, and proves again: the status may not hold this proof.
+        tracked.memory.poked = tracked.memory.verify_soon = True
         log.warning("%s: API error %s, retrying in %.0fs", key, exc, ERROR_BACKOFF)
         m.RECONCILES.labels("error").inc()
         m.ERRORS.labels("reconcile").inc()
@@ -408,7 +413,7 @@ def _report_interrupted(
         return
     try:
         rt.kube.patch_status(meta["namespace"], meta["name"], status)
-        tracked.last_written = status
+        tracked.last_written = _compact(status)
     except ApiError as again:
         log.warning("%s/%s: status not written either: %s", meta["namespace"], meta["name"], again)
 
@@ -417,11 +422,13 @@ def _turn(rt: Runtime, tracked: Tracked) -> float | None:
     """An identity's turn in a worker thread: None once it is being deleted (the finalizer's
     cleanup takes over), else the seconds until its next turn."""
     with tracked.lock:
-        body = tracked.body
-        if body is None or body["metadata"].get("deletionTimestamp"):
+        if tracked.body is None:
+            return None
+        body = json.loads(tracked.body)
+        if body["metadata"].get("deletionTimestamp"):
             return None
         tracked.generation = body["metadata"].get("generation")
-        return _cycle(rt, dict(body), tracked)
+        return _cycle(rt, body, tracked)
 
 
 @kopf.on.startup()

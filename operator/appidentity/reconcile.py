@@ -114,7 +114,6 @@ class Memory:
     rules_hash: str = ""
     rules_hash_generation: int = -1
     retries: int = 0
-    last_verification: dict[str, Any] | None = None
     # (generation, requester stamp) whose spec the requester was found entitled to / refused.
     judged: tuple[int, str | None] | None = None
     refused: tuple[int, str | None] | None = None
@@ -861,9 +860,9 @@ def _prove(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof:
         or tt is None
         or now >= tt.full_at
     )
-    if not due and tt is not None and mem.last_verification is not None:
-        last = mem.last_verification
-        return Proof(st.Condition(**last["condition"]), last["status"], tt.next_wake(now))
+    if not due and tt is not None:  # the status holds this process's last proof
+        last = case.previous.get("verification")
+        return Proof(_previous_verified(case.previous), last, tt.next_wake(now))
     adopted = _adopt(rt, case, done, mem)
     if adopted is not None:
         return adopted
@@ -884,7 +883,6 @@ def _prove(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof:
     settle = mem.verify_soon and not done.wrote and ver.rules_hash == mem.rules_hash
     _remember_proof(rt, case, done.token, mem, plan, ver, cond, settle)
     verification = _verification_status(ver, now)
-    mem.last_verification = {"condition": cond.__dict__, "status": verification}
     extra = {"issuer": ver.jwt.issuer, "keyID": ver.jwt.key_id}
     assert mem.timetable is not None
     return Proof(cond, verification, mem.timetable.next_wake(now), extra, "full")
@@ -923,6 +921,16 @@ def _remember_proof(
     if settle and cheap:
         mem.timetable.settle = SETTLE_DELAYS
         mem.timetable.rechecked(now)
+
+
+def _previous_verified(previous: Mapping[str, Any]) -> st.Condition:
+    found: Mapping[str, Any] = next(
+        (c for c in previous.get("conditions", []) if c.get("type") == st.ACCESS_VERIFIED), {}
+    )
+    status = {"True": True, "False": False}.get(found.get("status", ""))
+    return st.Condition(
+        st.ACCESS_VERIFIED, status, found.get("reason", ""), found.get("message", "")
+    )
 
 
 def _timetable(
@@ -974,13 +982,12 @@ def _adopt(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof | None:
         return None
     if not same or not check_jwt(http, identity, token.token, token.audiences, rt.facts).ok:
         return None
-    cond = st.Condition(st.ACCESS_VERIFIED, True, verified.get("reason", ""), verified["message"])
+    cond = _previous_verified(previous)
     mem.verified_generation = identity.generation
     mem.rules_hash, mem.rules_hash_generation = last["rulesHash"], identity.generation
     mem.token, mem.rules_namespaces = token.token, namespaces
     full_at = tokens.parse_time(checked) + jittered(rt.full_proof_seconds)
     mem.timetable = _timetable(rt, identity, token, now, full_at)
-    mem.last_verification = {"condition": cond.__dict__, "status": last}
     return Proof(cond, last, mem.timetable.next_wake(now), check="rules")
 
 
