@@ -251,6 +251,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
+    # Initial listings in pages: a restart with 10,000 identities lists 10,000 objects of each
+    # watched kind, and one response each was the process's peak of memory.
+    settings.watching.chunk_size = 500
     settings.networking.request_timeout = 30
     settings.execution.max_workers = 8  # sync handlers only: startup, login, deletion
     managed = f"{MANAGED_BY}={FIELD_MANAGER}"
@@ -483,7 +486,7 @@ def _child_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
     matches = wanted is not None and not deleted and is_subset(wanted, body)
     if RUNTIME is not None:
         if deleted:
-            RUNTIME.children.pop(key, None)
+            RUNTIME.forget_child(key)
         else:
             RUNTIME.remember_child(key, body, wanted if matches else None)
     if wanted is None:

@@ -11,6 +11,7 @@ it; grants dropped from the spec are removed after the new ones exist.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -76,6 +77,8 @@ class Runtime:
     children: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     # Namespace name -> its annotations, as watched (consent lives there); absent = not yet seen.
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The watch (event loop) and reconciles (worker threads) both write `children`.
+    _children_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def remember_child(
         self, key: tuple[str, str, str], obj: Mapping[str, Any], matches: dict[str, Any] | None
@@ -83,15 +86,34 @@ class Runtime:
         """A child as watched. One that `matches` what its identity wants (that desired object,
         shared with the identity's Memory) is kept as just its uid, labels and that object:
         thousands of identities' children would otherwise be held twice."""
-        meta = obj["metadata"]
-        if matches is not None:
-            compact = {"uid": meta.get("uid"), "labels": meta.get("labels")}
-            self.children[key] = {"metadata": compact, MATCHED: matches}
-        else:
-            # kopf replaces an object's dict on every event and never edits one in place, so a
-            # shallow copy is enough; managedFields is the bulk of it and never compared.
-            trimmed = {k: v for k, v in meta.items() if k != "managedFields"}
-            self.children[key] = {**obj, "metadata": trimmed}
+        with self._children_lock:
+            self.children[key] = _kept(obj, matches)
+
+    def forget_child(self, key: tuple[str, str, str]) -> None:
+        with self._children_lock:
+            self.children.pop(key, None)
+
+    def child_matched(
+        self, key: tuple[str, str, str], seen: Mapping[str, Any], matches: dict[str, Any]
+    ) -> None:
+        """A child watched before its identity wanted anything (a restart's listing) was found
+        to match: kept compactly from now on, unless the watch has delivered a newer one."""
+        with self._children_lock:
+            if self.children.get(key) is seen:
+                self.children[key] = _kept(seen, matches)
+
+
+def _kept(obj: Mapping[str, Any], matches: dict[str, Any] | None) -> dict[str, Any]:
+    meta = obj["metadata"]
+    if matches is not None:
+        return {
+            "metadata": {"uid": meta.get("uid"), "labels": meta.get("labels")},
+            MATCHED: matches,
+        }
+    # kopf replaces an object's dict on every event and never edits one in place, so a shallow
+    # copy is enough; managedFields is the bulk of it and never compared.
+    trimmed = {k: v for k, v in meta.items() if k != "managedFields"}
+    return {**obj, "metadata": trimmed}
 
 
 @dataclass
@@ -331,6 +353,8 @@ def _write(
             if current is not None and (
                 made or MATCHED in current or build.is_subset(obj, current)
             ):
+                if not made and MATCHED not in current:
+                    rt.child_matched(key, current, obj)
                 applied[key] = current
                 continue
             applied[key] = _apply_object(rt, obj)

@@ -53,6 +53,30 @@ def test_a_child_that_differs_or_is_not_yet_wanted_is_remembered_whole(
     assert remembered["metadata"]["uid"] == "role-uid"
 
 
+def test_a_child_listed_before_it_was_wanted_is_compacted_once_found_to_match(
+    make_identity: IdentityFactory,
+) -> None:
+    wanted = own_role(make_identity())
+    rt = runtime()
+    rt.remember_child(KEY, live(wanted), None)  # a restart's listing: nothing wanted yet
+    listed = rt.children[KEY]
+    rt.child_matched(KEY, listed, wanted)
+    assert rt.children[KEY][MATCHED] is wanted
+
+
+def test_a_newer_watched_child_is_not_replaced_by_an_older_match(
+    make_identity: IdentityFactory,
+) -> None:
+    wanted = own_role(make_identity())
+    rt = runtime()
+    rt.remember_child(KEY, live(wanted), None)
+    read_by_reconcile = rt.children[KEY]
+    rt.remember_child(KEY, live(wanted, rules=[]), None)  # drift delivered meanwhile
+    rt.child_matched(KEY, read_by_reconcile, wanted)
+    assert MATCHED not in rt.children[KEY]
+    assert rt.children[KEY]["rules"] == []
+
+
 def test_children_of_one_identity_share_labels_and_owner_references(
     make_identity: IdentityFactory,
 ) -> None:
