@@ -394,6 +394,11 @@ class ImageOperator:
             self.kube.delete("Secret", OPERATOR_NAMESPACE, old)
         return self.token_secret
 
+    # The schedule sped up as for the local operator, so drift only a re-check can see (a
+    # deleted token Secret) is found within a test's patience: the one addition to the
+    # Deployment's args.
+    TEST_ARGS = ("--recheck-seconds", "2")
+
     def _container(self) -> tuple[list[str], list[str], str]:
         """(command, environment, working directory) as the kubelet would assemble them."""
         config = json.loads(podman("image", "inspect", image_name()))[0]["Config"]
@@ -403,9 +408,7 @@ class ImageOperator:
         for i, arg in enumerate(args[:-1]):
             if arg in ports:
                 args[i + 1] = str(ports[arg])
-        # The schedule sped up as for the local operator, so drift only a re-check can see
-        # (a deleted token Secret) is found within a test's patience.
-        args += ["--recheck-seconds", "2"]
+        args += self.TEST_ARGS
         fields = {"metadata.namespace": OPERATOR_NAMESPACE, "metadata.name": self.pod_name}
         env = list(config.get("Env") or [])
         for var in container.get("env", []):

@@ -157,7 +157,7 @@ def test_operator_runs_as_the_restricted_pod_with_its_service_account_only(
         ("--liveness-port", image_operator.liveness_port),
     ):
         expected[expected.index(flag) + 1] = str(port)
-    assert args == expected
+    assert args == [*expected, *image_operator.TEST_ARGS]
     environ = dict(
         e.decode().partition("=")[::2]
         for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
