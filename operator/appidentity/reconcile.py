@@ -614,6 +614,9 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) 
         _judge(rt, case, mem)
         done = _apply(rt, case, mem)
     except Stop as stop:
+        # Stopped for a human to act (a conflict, a refusal): its retries are full reconciles,
+        # not re-checks of a proof that no longer describes the identity.
+        mem.timetable = None
         return _stop(body, now, stop)
     return _report(case, done, _prove(rt, case, done, mem))
 
@@ -977,8 +980,7 @@ def _adopt(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof | None:
     re-read (a re-check); any difference means a full proof."""
     identity, now, previous, token = case.identity, case.now, case.previous, done.token
     last = previous.get("verification") or {}
-    conditions = {c.get("type"): c for c in previous.get("conditions", [])}
-    verified = conditions.get(st.ACCESS_VERIFIED, {})
+    cond = _previous_verified(previous)
     checked = last.get("checkedAt")
     if (
         mem.verified_generation != -1
@@ -987,7 +989,7 @@ def _adopt(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof | None:
         or token.issued
         or token.token is None
         or previous.get("observedGeneration") != identity.generation
-        or verified.get("status") != "True"
+        or cond.status is not True
         or not last.get("rulesHash")
         or not checked
         or not for_api_server(token.audiences, rt.baseline.api_audiences())
@@ -998,15 +1000,10 @@ def _adopt(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof | None:
         return None
     http = rt.kube.token_client(token.token)
     namespaces = proven_namespaces(identity, case.consenting)
-    try:
-        same = rules_unchanged(http, namespaces, last["rulesHash"])
-    except ApiError as exc:
-        if exc.status != 401:
-            raise
+    if not rules_unchanged(http, namespaces, last["rulesHash"]):
         return None
-    if not same or not check_jwt(http, identity, token.token, token.audiences, rt.facts).ok:
+    if not check_jwt(http, identity, token.token, token.audiences, rt.facts).ok:
         return None
-    cond = _previous_verified(previous)
     mem.verified_generation = identity.generation
     mem.rules_hash, mem.rules_hash_generation = last["rulesHash"], identity.generation
     mem.token, mem.rules_namespaces = token.token, namespaces
@@ -1029,15 +1026,7 @@ def _recheck(rt: Runtime, body: Mapping[str, Any], mem: Memory, now: datetime) -
     check = ""
     if due is Due.RECHECK:
         check = "rules"
-        try:
-            same = rules_unchanged(
-                rt.kube.token_client(token), mem.rules_namespaces, mem.rules_hash
-            )
-        except ApiError as exc:
-            if exc.status != 401:  # 401: the token is dead, e.g. its Secret was deleted
-                raise
-            same = False
-        if not same:
+        if not rules_unchanged(rt.kube.token_client(token), mem.rules_namespaces, mem.rules_hash):
             mem.verify_soon = True
             return None
         tt.rechecked(now)

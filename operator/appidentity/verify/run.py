@@ -205,9 +205,15 @@ def effective_rules(
 
 
 def rules_unchanged(http: Http, namespaces: Sequence[str], expected_hash: str) -> bool:
-    """The cheap re-check: the token's effective rules hash as they did at the last full
-    proof (one SelfSubjectRulesReview per namespace; raises ApiError 401 for a dead token)."""
-    return rules_hash(effective_rules(http, namespaces)[0]) == expected_hash
+    """The cheap re-check: the token still authenticates and its effective rules hash as they
+    did at the last full proof (one SelfSubjectRulesReview per namespace). False for a dead
+    token (401: e.g. its Secret was deleted); other API errors are raised."""
+    try:
+        return rules_hash(effective_rules(http, namespaces)[0]) == expected_hash
+    except ApiError as exc:
+        if exc.status != 401:
+            raise
+        return False
 
 
 def check_jwt(
