@@ -687,42 +687,31 @@ def _judge(rt: Runtime, case: Case, mem: Memory) -> None:
     if mem.judged == verdict:
         return
     where = f"metadata.annotations[{esc.REQUESTER_ANNOTATION}]"
+    # No exemption for an unstamped spec, whatever its status says: status is written by more
+    # than this operator, and admission records a requester on every supported version.
     if stamp is None:
-        if not provisioned_before(case.previous, case.identity.generation):
-            raise Stop(
-                f"{where}: no requester recorded for generation {case.identity.generation}; "
-                "the admission policy appidentity-requester (deploy/requester-policy.yaml) "
-                "must be installed",
-                ESCALATION_REFUSED,
-            )
-    else:
-        try:
-            requester = esc.parse_stamp(stamp)
-        except esc.StampError as exc:
-            raise Stop(f"{where}: malformed ({exc})", ESCALATION_REFUSED) from exc
-        refused = _refusals(rt, case.identity, requester)
-        if refused:
-            message = "; ".join(r.message(requester.username) for r in refused)
-            if mem.refused != verdict:
-                # A GitOps apply writes the requester's RBAC together with the identity, and
-                # RBAC reaches the authorizer a moment later: one more look before refusing.
-                mem.refused = verdict
-                pending = f"re-checking in {JUDGE_FIRST_RETRY:.0f}s: {message}"
-                raise Stop(pending, JUDGING, retry_in=JUDGE_FIRST_RETRY, event=False)
-            # Asked again from time to time: rights granted after the refusal take effect.
-            raise Stop(message, ESCALATION_REFUSED, retry_in=JUDGE_AGAIN)
+        raise Stop(
+            f"{where}: no requester recorded for generation {case.identity.generation}; "
+            "the requester recording appidentity-requester (README, Install) must be "
+            "installed when the spec is written: change the spec once it is",
+            ESCALATION_REFUSED,
+        )
+    try:
+        requester = esc.parse_stamp(stamp)
+    except esc.StampError as exc:
+        raise Stop(f"{where}: malformed ({exc})", ESCALATION_REFUSED) from exc
+    refused = _refusals(rt, case.identity, requester)
+    if refused:
+        message = "; ".join(r.message(requester.username) for r in refused)
+        if mem.refused != verdict:
+            # A GitOps apply writes the requester's RBAC together with the identity, and
+            # RBAC reaches the authorizer a moment later: one more look before refusing.
+            mem.refused = verdict
+            pending = f"re-checking in {JUDGE_FIRST_RETRY:.0f}s: {message}"
+            raise Stop(pending, JUDGING, retry_in=JUDGE_FIRST_RETRY, event=False)
+        # Asked again from time to time: rights granted after the refusal take effect.
+        raise Stop(message, ESCALATION_REFUSED, retry_in=JUDGE_AGAIN)
     mem.judged = verdict
-
-
-def provisioned_before(previous: Mapping[str, Any], generation: int) -> bool:
-    """An identity without a requester stamp that an earlier operator already provisioned at
-    this generation: it predates the requester check and is judged on its next spec change."""
-    conditions = {c.get("type"): c for c in previous.get("conditions", [])}
-    reason = conditions.get(st.PROVISIONED, {}).get("reason")
-    return previous.get("observedGeneration") == generation and reason in (
-        "Applied",
-        "ConsentMissing",
-    )
 
 
 def _refusals(rt: Runtime, identity: Identity, requester: esc.Requester) -> list[esc.Refusal]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 from appidentity.escalation import (
@@ -16,10 +18,12 @@ from appidentity.escalation import (
     requester_of,
     unexpanded,
 )
-from appidentity.reconcile import provisioned_before
+from appidentity.model import parse_identity
+from appidentity.policy import load_policy
+from appidentity.reconcile import Case, Memory, Stop, _judge
 from appidentity.verify.rbac import Request
 
-from .conftest import IdentityFactory
+from .conftest import POD_READER, BodyFactory, IdentityFactory
 
 RBAC = "rbac.authorization.k8s.io"
 CREATE_PODS = {"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}
@@ -211,17 +215,22 @@ def test_long_lists_of_missing_permissions_are_counted_not_spelled_out(
     assert refusal.message("bob").endswith("get c in team-a (and 2 more)")
 
 
-# --- identities from before the requester check ---------------------------------------------
+# --- an unstamped spec ----------------------------------------------------------------------
 
 
-def _status(generation: int, reason: str) -> dict[str, object]:
-    provisioned = {"type": "Provisioned", "status": "True", "reason": reason}
-    return {"observedGeneration": generation, "conditions": [provisioned]}
-
-
-def test_an_unstamped_identity_is_trusted_only_as_provisioned_at_its_generation() -> None:
-    assert provisioned_before(_status(3, "Applied"), 3)
-    assert provisioned_before(_status(3, "ConsentMissing"), 3)
-    assert not provisioned_before(_status(2, "Applied"), 3)  # a new spec: judged
-    assert not provisioned_before(_status(3, "EscalationRefused"), 3)
-    assert not provisioned_before({}, 1)  # never provisioned
+def test_an_unstamped_spec_is_refused_whatever_its_status_says(body: BodyFactory) -> None:
+    """Status is writable by others: a forged "provisioned at this generation" must not stand
+    in for the requester admission records."""
+    doc = body({"rules": [POD_READER]})
+    provisioned = {"type": "Provisioned", "status": "True", "reason": "Applied"}
+    doc["status"] = {
+        "observedGeneration": doc["metadata"]["generation"],
+        "conditions": [provisioned],
+    }
+    identity = parse_identity(doc)
+    case = Case(doc, identity, dict(doc["status"]), datetime.now(UTC), True, set(), None)  # type: ignore[arg-type]
+    runtime = SimpleNamespace(policy=load_policy(None))
+    with pytest.raises(Stop) as stopped:
+        _judge(runtime, case, Memory())  # type: ignore[arg-type]
+    assert stopped.value.reason == "EscalationRefused"
+    assert "no requester recorded" in stopped.value.message
