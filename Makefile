@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PY_DIRS := $(wildcard operator tests bench)
 
 .PHONY: help deps system-deps venv control-plane kstatus cluster cluster-down install run demo demo-down \
-        test unit integration lint fmt render install.yaml bench chaos judge e2e-kind helm image
+        test test-versions control-plane-window control-plane-oldest unit integration lint fmt render install.yaml bench chaos judge e2e-kind helm image
 
 help: ## this list
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -38,6 +38,17 @@ deps: system-deps venv control-plane kstatus
 control-plane: system-deps ## compile etcd, kube-apiserver, controller-manager, kubectl once (cached)
 	@bash hack/build-control-plane.sh >/dev/null
 
+# The support window (hack/versions.env): make test runs on its oldest and newest release.
+WINDOW := $(shell . hack/versions.env && echo $$K8S_WINDOW)
+OLDEST := $(firstword $(WINDOW))
+NEWEST := $(lastword $(WINDOW))
+# `K8S_VERSION=1.35.4 make test` runs the full suite on that release instead of the newest.
+FULL   := $(or $(K8S_VERSION),$(NEWEST))
+control-plane-window: system-deps ## compile every release of the support window (cached apart)
+	@for v in $(WINDOW); do K8S_VERSION=$$v bash hack/build-control-plane.sh >/dev/null; done
+control-plane-oldest: system-deps
+	@K8S_VERSION=$(OLDEST) bash hack/build-control-plane.sh >/dev/null
+
 helm: system-deps ## compile the Helm CLI once (pinned in hack/helm/go.mod, cached), linked as bin/helm
 	@mkdir -p bin && ln -sfn "$$(bash hack/build-helm.sh | tail -n 1)" bin/helm
 
@@ -50,13 +61,12 @@ cluster: control-plane ## start the local control plane; prints the KUBECONFIG e
 cluster-down: ## stop the local control plane and remove its state
 	@bash hack/cluster.sh down $(STATE)
 
-install: ## install the CRD into the current KUBECONFIG's cluster
-	$(KUBECTL) apply -k crds/
-	$(KUBECTL) wait --for=condition=Established --timeout=60s crd/appidentities.appidentity.dev
+WEBHOOK_PORT ?= 9443
+install: venv ## the CRD and the requester recording this cluster supports (KUBECONFIG's cluster)
+	@bash hack/install.sh auto $(WEBHOOK_PORT)
 
-run: venv install ## run the operator against the current KUBECONFIG
-	$(KUBECTL) create namespace appidentity-system --dry-run=client -o yaml | $(KUBECTL) apply -f -
-	$(VENV)/bin/appidentity-operator run --log-format text
+run: install ## run the operator (and the requester webhook where installed) against KUBECONFIG
+	@bash hack/run-local.sh
 
 demo: deps ## local cluster (unless KUBECONFIG is set), CRD, operator, examples, their verified status
 	@bash hack/demo.sh
@@ -81,9 +91,20 @@ unit: venv ## unit tests of the pure logic (no cluster)
 IMAGE_TESTS ?= tests/integration/test_image.py tests/integration/test_provisioning.py \
                tests/integration/test_selfcheck.py
 
-test: deps helm lint image ## everything: lint, unit and integration tests, then again from the image
-	$(PY) -m pytest tests $(PYTEST_ARGS)
-	APPID_TEST_OPERATOR=image $(PY) -m pytest $(IMAGE_TESTS) $(PYTEST_ARGS)
+# The core that every supported version must pass: provisioning, the self-check, escalation and
+# the requester recording, the one-judge sample, the chart install, kstatus.
+CORE_TESTS ?= tests/integration/test_control_plane.py tests/integration/test_provisioning.py \
+              tests/integration/test_selfcheck.py tests/integration/test_escalation.py \
+              tests/integration/test_requester.py tests/integration/test_one_judge.py \
+              tests/integration/test_chart.py tests/integration/test_gitops.py
+MATRIX = $(PY) hack/test_matrix.py --core "$(CORE_TESTS)"
+
+test: deps control-plane-oldest helm lint image ## everything on the newest release, the core on the oldest and in webhook mode, then from the image
+	$(MATRIX) $(FULL)/auto/all $(FULL)/webhook/core $(OLDEST)/auto/core -- $(PYTEST_ARGS)
+	K8S_VERSION=$(NEWEST) APPID_TEST_OPERATOR=image $(PY) -m pytest $(IMAGE_TESTS) $(PYTEST_ARGS)
+
+test-versions: deps control-plane-window helm ## the core on every release of the support window, both requester modes where both exist
+	$(MATRIX) $(foreach v,$(WINDOW),$(v)/auto/core) $(foreach v,$(filter 1.36.% 1.37.%,$(WINDOW)),$(v)/webhook/core) -- $(PYTEST_ARGS)
 
 image: ## the image from Dockerfile without Docker (podman, a Debian base): dist/*.oci.tar
 	@bash hack/image.sh

@@ -25,15 +25,33 @@ upstream_mod=$(cd "$work/k8s" && go mod download -json "k8s.io/kubernetes@v$K8S_
   | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')
 staging=$(sed -n '/^replace (/,/^)/p' "$upstream_mod" | awk '$2 == "=>" && $3 ~ /^\.\/staging/ {print $1}')
 minor=${K8S_VERSION#*.}
+
+# The staging module's published version for this release, v0.<minor>.<patch>. Where the module
+# proxy does not serve that one (seen: k8s.io/endpointslice v0.32.13), the newest earlier patch
+# of the same minor, recorded in $dest/substitutions (the README's support table names them).
+staging_version() {
+  local module=$1 want=v0.$minor
+  if (cd "$work/k8s" && go mod download "$module@$want" >/dev/null 2>&1); then echo "$want"; return; fi
+  local line=v0.${minor%%.*} found
+  found=$(cd "$work/k8s" && go list -m -versions "$module" | tr ' ' '\n' | grep "^$line\." \
+    | { cat; echo "$want"; } | sort -V | sed -n "/^${want//./\\.}\$/q;p" | tail -n 1)
+  [ -n "$found" ] || { echo "no published $module for v$K8S_VERSION" >&2; return 1; }
+  echo "$module $found (v0.$minor is not served)" >>"$dest/substitutions"
+  echo "build-control-plane.sh: $module $want is not served; using $found" >&2
+  echo "$found"
+}
+rm -f "$dest/substitutions"
 {
   echo "module appidentity.dev/control-plane-build"
   echo
-  grep -E '^(go|godebug) ' "$upstream_mod"
+  # `tool` lines need go >= 1.24; older releases (1.32: go 1.23) keep their godebug defaults.
+  grep -E '^go ' "$upstream_mod" | awk '{ split($2, v, "."); print (v[1] == 1 && v[2] < 24) ? "go 1.24.0" : $0 }'
+  grep -E '^godebug ' "$upstream_mod" || true
   echo
   echo "require k8s.io/kubernetes v$K8S_VERSION"
   echo
   echo "replace ("
-  for m in $staging; do echo "	$m => $m v0.$minor"; done
+  for m in $staging; do echo "	$m => $m $(staging_version "$m")"; done
   echo ")"
   echo
   echo "tool ("

@@ -15,6 +15,9 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
+# K8S_VERSION (default in versions.env) picks the control plane; each is cached apart.
+# shellcheck source=versions.env
+. "$here/versions.env"
 
 # Only the controllers the operator depends on; every extra one costs start-up time and noise.
 # Canonical names (1.28+ added the -controller suffix; the short names remain aliases).
@@ -278,20 +281,24 @@ link_kubectl() {
   ln -sfn "$bin/kubectl" "$repo/bin/kubectl"
 }
 
+# The version a running control plane was started at; another K8S_VERSION means a new one.
+same_version() { [ "$(cat "$state/version" 2>/dev/null)" = "$K8S_VERSION" ]; }
+
 cmd_up() {
   bin=$("$here/build-control-plane.sh" | tail -n 1)
   [ -x "$bin/kube-apiserver" ] || die "build-control-plane.sh did not yield a bin dir (got: $bin)"
   link_kubectl
-  if ! is_ready; then
+  if ! is_ready || ! same_version; then
     # Half-started or crashed leftovers: start from scratch rather than repair.
     stop_all
     rm -rf "$state"
     mkdir -p "$state/logs"
+    echo "$K8S_VERSION" >"$state/version"
     make_pki
     start_etcd
     start_apiserver
     start_controller_manager
-    log "ready at $(apiserver_url) (logs: $state/logs)"
+    log "Kubernetes v$K8S_VERSION ready at $(apiserver_url) (logs: $state/logs)"
   fi
   echo "export KUBECONFIG=$state/admin.kubeconfig"
 }

@@ -9,18 +9,22 @@ kubectl="$repo/bin/kubectl"
 operator="$repo/.venv/bin/appidentity-operator"
 metrics_port=${DEMO_METRICS_PORT:-18080}
 liveness_port=${DEMO_LIVENESS_PORT:-18081}
+webhook_port=${DEMO_WEBHOOK_PORT:-18443}
+webhook_health_port=${DEMO_WEBHOOK_HEALTH_PORT:-18444}
 mkdir -p "$state"
 
-stop_operator() {
-  if [ -f "$state/operator.pid" ] && kill -0 "$(cat "$state/operator.pid")" 2>/dev/null; then
-    kill "$(cat "$state/operator.pid")"
-    for _ in $(seq 50); do kill -0 "$(cat "$state/operator.pid")" 2>/dev/null || break; sleep 0.2; done
+stop_pid() {
+  local pidfile="$state/$1.pid"
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    kill "$(cat "$pidfile")"
+    for _ in $(seq 50); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.2; done
   fi
-  rm -f "$state/operator.pid"
+  rm -f "$pidfile"
 }
 
 if [ "${1:-up}" = down ]; then
-  stop_operator
+  stop_pid operator
+  stop_pid webhook
   if [ -f "$state/own-cluster" ]; then bash hack/cluster.sh down "$repo/.state/cluster"; fi
   rm -rf "$state"
   echo "demo stopped"
@@ -37,13 +41,18 @@ else
 fi
 command -v "$kubectl" >/dev/null || kubectl=kubectl
 
-echo "== installing the CRD"
-"$kubectl" apply -k crds/ >/dev/null
-"$kubectl" wait --for=condition=Established --timeout=60s crd/appidentities.appidentity.dev >/dev/null
-"$kubectl" create namespace appidentity-system --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
-
-echo "== installing the requester policy (who writes a spec must hold what it grants)"
-"$kubectl" apply -f deploy/requester-policy.yaml >/dev/null
+echo "== installing the CRD and the requester recording (who writes a spec must hold what it grants)"
+mode=$(bash hack/install.sh auto "$webhook_port" | tail -n 1)
+mode=${mode#requester: }
+if [ "$mode" = webhook ]; then
+  echo "   Kubernetes before 1.36: the requester webhook, served by a local process (log: $state/webhook.log)"
+  stop_pid webhook
+  nohup "$operator" webhook --bind 127.0.0.1 --port "$webhook_port" --health-port "$webhook_health_port" \
+    --hosts localhost,127.0.0.1 --log-format text >"$state/webhook.log" 2>&1 &
+  echo $! >"$state/webhook.pid"
+else
+  echo "   Kubernetes 1.36+: the MutatingAdmissionPolicy appidentity-requester"
+fi
 probe='{"apiVersion":"appidentity.dev/v1alpha1","kind":"AppIdentity","metadata":{"name":"probe","namespace":"appidentity-system"},"spec":{"rules":[{"apiGroups":[""],"resources":["pods"],"verbs":["get"]}]}}'
 for _ in $(seq 120); do
   stamp=$(echo "$probe" | "$kubectl" create --dry-run=server -f - \
@@ -51,10 +60,10 @@ for _ in $(seq 120); do
   [ -n "$stamp" ] && break
   sleep 0.5
 done
-[ -n "$stamp" ] || { echo "the requester policy did not take effect" >&2; exit 1; }
+[ -n "$stamp" ] || { echo "the requester recording ($mode) did not take effect" >&2; exit 1; }
 
 echo "== starting the operator (log: $state/operator.log)"
-stop_operator
+stop_pid operator
 nohup "$operator" run --all-namespaces --metrics-port "$metrics_port" --liveness-port "$liveness_port" \
   --recheck-seconds 30 >"$state/operator.log" 2>&1 &
 echo $! >"$state/operator.pid"

@@ -22,6 +22,7 @@ import yaml
 from appidentity.kube import Kube
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from requester import RequesterWebhook, install, requester_mode
 from support import (
     CLUSTER_RULES_NAMESPACE,
     CLUSTER_SH,
@@ -265,23 +266,38 @@ def kube(cluster: Cluster) -> Kube:
 
 
 @pytest.fixture(scope="session")
-def crd_installed(cluster: Cluster) -> None:
-    """The CRD; in image mode the whole of deploy/, as a user installs it."""
+def requester(cluster: Cluster) -> str:
+    """How admission records the requester here: policy or webhook (tests/requester.py)."""
+    mode = requester_mode(cluster)
+    report = os.environ.get("APPID_TEST_MODE_FILE")  # hack/test_matrix.py's table
+    if report:
+        Path(report).write_text(mode)
+    return mode
+
+
+@pytest.fixture(scope="session")
+def crd_installed(
+    cluster: Cluster, kube: Kube, requester: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RequesterWebhook | None]:
+    """The CRD and the requester recording, as `make install` installs them (in image mode the
+    whole of deploy/, as a user installs it); in webhook mode, the webhook's replicas running.
+    The operator grants nothing to an identity whose requester admission did not record."""
+    webhook = None
     if OPERATOR_MODE == "image":
+        assert requester == "policy", "the image is tested where deploy/ (1.36+) applies"
         apply_deploy(cluster)
+        cluster.run_kubectl("apply", "-f", str(REPO / "deploy" / "requester-policy.yaml"))
     else:
-        cluster.run_kubectl("apply", "-k", str(REPO / "crds"))
-        cluster.run_kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/appidentities.appidentity.dev",
-        )
+        webhook = RequesterWebhook(cluster, kube, tmp_path_factory.mktemp("webhook"))
+        install(cluster, requester, webhook.port)
+        if requester == "webhook":
+            webhook.start()
     for ns in ("appidentity-system", CLUSTER_RULES_NAMESPACE):
         cluster.run_kubectl("create", "namespace", ns, check=False)
-    # The operator grants nothing to an identity whose requester admission did not record.
-    cluster.run_kubectl("apply", "-f", str(REPO / "deploy" / "requester-policy.yaml"))
-    wait_until(lambda: requester_stamp(cluster), 60, "the requester policy to take effect")
+    wait_until(lambda: requester_stamp(cluster), 60, f"the requester {requester} to take effect")
+    yield webhook if requester == "webhook" else None
+    if webhook is not None:
+        webhook.stop()
 
 
 @pytest.fixture(scope="session")
