@@ -21,7 +21,8 @@ export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
 # --- Kubernetes: a build module that requires k8s.io/kubernetes and maps each staging module
 # (upstream replaces them with local paths, which `go install` refuses) to its published version.
-upstream_mod=$(cd "$work/k8s" && go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" \
+rm -f "$work/k8s/go.mod" "$work/k8s/go.sum"  # an interrupted build's, rewritten below
+upstream_mod=$(cd "$work" && go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" \
   | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')
 staging=$(sed -n '/^replace (/,/^)/p' "$upstream_mod" | awk '$2 == "=>" && $3 ~ /^\.\/staging/ {print $1}')
 minor=${K8S_VERSION#*.}
@@ -31,11 +32,13 @@ minor=${K8S_VERSION#*.}
 # of the same minor, recorded in $dest/substitutions (the README's support table names them).
 staging_version() {
   local module=$1 want=v0.$minor
-  if (cd "$work/k8s" && go mod download "$module@$want" >/dev/null 2>&1); then echo "$want"; return; fi
+  # Asked outside the build module, whose go.mod is being written while this runs.
+  if (cd "$work" && go mod download "$module@$want" >/dev/null 2>&1); then echo "$want"; return; fi
   local line=v0.${minor%%.*} found
-  found=$(cd "$work/k8s" && go list -m -versions "$module" | tr ' ' '\n' | grep "^$line\." \
-    | { cat; echo "$want"; } | sort -V | sed -n "/^${want//./\\.}\$/q;p" | tail -n 1)
-  [ -n "$found" ] || { echo "no published $module for v$K8S_VERSION" >&2; return 1; }
+  found=$( (cd "$work" && go list -m -versions "$module" 2>/dev/null || true) | tr ' ' '\n' \
+    | grep "^$line\." | { cat; echo "$want"; } | sort -V | sed -n "/^${want//./\\.}\$/q;p" | tail -n 1)
+  # Not published at all (sample modules): the build never needs those, keep the name.
+  if [ -z "$found" ]; then echo "$want"; return; fi
   echo "$module $found (v0.$minor is not served)" >>"$dest/substitutions"
   echo "build-control-plane.sh: $module $want is not served; using $found" >&2
   echo "$found"

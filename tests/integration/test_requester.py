@@ -35,11 +35,12 @@ from support import (
 )
 from urllib3 import HTTPHeaderDict
 
-# A user whose name, uid, groups and extra need every kind of escaping a header can carry.
+# A user whose name, uid, groups and extra need every kind of escaping a header can carry (and
+# who may write AppIdentities: system:masters).
 AWKWARD = {
     "user": 'o\'brien "the\\admin"\tx',
     "uid": 'uid-"1"',
-    "groups": ['team "a"', "b\\c"],
+    "groups": ['team "a"', "b\\c", "system:masters"],
     "extra": {"z.example.com/scopes": ['v"1', "v2"], "a.example.com/k": ["x y"]},
 }
 
