@@ -266,7 +266,7 @@ def kube(cluster: Cluster) -> Kube:
 
 
 @pytest.fixture(scope="session")
-def requester(cluster: Cluster) -> str:
+def requester_recording(cluster: Cluster) -> str:
     """How admission records the requester here: policy or webhook (tests/requester.py)."""
     mode = requester_mode(cluster)
     report = os.environ.get("APPID_TEST_MODE_FILE")  # hack/test_matrix.py's table
@@ -277,25 +277,30 @@ def requester(cluster: Cluster) -> str:
 
 @pytest.fixture(scope="session")
 def crd_installed(
-    cluster: Cluster, kube: Kube, requester: str, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster,
+    kube: Kube,
+    requester_recording: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RequesterWebhook | None]:
     """The CRD and the requester recording, as `make install` installs them (in image mode the
     whole of deploy/, as a user installs it); in webhook mode, the webhook's replicas running.
     The operator grants nothing to an identity whose requester admission did not record."""
     webhook = None
     if OPERATOR_MODE == "image":
-        assert requester == "policy", "the image is tested where deploy/ (1.36+) applies"
+        assert requester_recording == "policy", "the image is tested where deploy/ (1.36+) applies"
         apply_deploy(cluster)
         cluster.run_kubectl("apply", "-f", str(REPO / "deploy" / "requester-policy.yaml"))
     else:
         webhook = RequesterWebhook(cluster, kube, tmp_path_factory.mktemp("webhook"))
-        install(cluster, requester, webhook.port)
-        if requester == "webhook":
+        install(cluster, requester_recording, webhook.port)
+        if requester_recording == "webhook":
             webhook.start()
     for ns in ("appidentity-system", CLUSTER_RULES_NAMESPACE):
         cluster.run_kubectl("create", "namespace", ns, check=False)
-    wait_until(lambda: requester_stamp(cluster), 60, f"the requester {requester} to take effect")
-    yield webhook if requester == "webhook" else None
+    wait_until(
+        lambda: requester_stamp(cluster), 60, f"the requester {requester_recording} to take effect"
+    )
+    yield webhook if requester_recording == "webhook" else None
     if webhook is not None:
         webhook.stop()
 
