@@ -113,8 +113,9 @@ render: venv ## print what the examples would create (no cluster needed)
 	$(VENV)/bin/appidentity-operator render -f examples/ 2>/dev/null || \
 	  for f in examples/*.yaml; do $(VENV)/bin/appidentity-operator render -n default -f $$f; done
 
-install.yaml: control-plane ## regenerate deploy/install.yaml (and the chart's copies of the CRD and requester policy)
+install.yaml: control-plane venv ## regenerate deploy/install.yaml, deploy/webhook/install.yaml (and the chart's copies of the CRD and requester policy)
 	$(KUBECTL) kustomize deploy/ > deploy/install.yaml
+	$(PY) hack/webhook_install.py > deploy/webhook/install.yaml
 	cp crds/appidentity.dev_appidentities.yaml deploy/requester-policy.yaml charts/appidentity-operator/files/
 
 N ?= 1,100,1000

@@ -10,13 +10,20 @@ import yaml
 
 REQUESTER = "appidentity-requester"
 WEBHOOK = "appidentity-webhook"
-RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Secret"}
+RBAC_KINDS = {
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Secret",
+}
 
 
 def wanted(doc: dict) -> bool:
     kind, name = doc["kind"], doc["metadata"]["name"]
     if kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
-        return name == REQUESTER
+        return name in (REQUESTER, f"{WEBHOOK}-guard")
     if kind == "MutatingWebhookConfiguration":
         return name == REQUESTER
     return kind in RBAC_KINDS and name.startswith(WEBHOOK)

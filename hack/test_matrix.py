@@ -83,10 +83,21 @@ def table(rows: list[Row]) -> str:
         result = "ok" if r.ok else ("no tests ran" if r.passed == 0 else f"exit {r.exit_code}")
         minutes = f"{int(r.seconds // 60)}m{int(r.seconds % 60):02d}s"
         lines.append(
-            (r.version, r.mode, r.suite, str(r.passed), str(r.failed), str(r.skipped), minutes, result)
+            (
+                r.version,
+                r.mode,
+                r.suite,
+                str(r.passed),
+                str(r.failed),
+                str(r.skipped),
+                minutes,
+                result,
+            )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
+    )
 
 
 def main() -> int:

@@ -20,6 +20,7 @@ import yaml
 
 from . import KIND
 from .schedule import FULL_PROOF_SECONDS
+from .webhook import cli as webhook_cli
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -442,6 +443,8 @@ def parser(prog: str = "appidentity-operator") -> argparse.ArgumentParser:
     )
     run.add_argument("--workers", type=int, default=8, help="reconciles running at once (threads)")
     run.set_defaults(func=_cmd_run)
+
+    webhook_cli.add_parser(sub, _setup_logging)
 
     for name, func, text in (
         ("kubeconfig", _cmd_kubeconfig, "print an identity's kubeconfig"),

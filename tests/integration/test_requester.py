@@ -172,13 +172,10 @@ def test_with_the_webhook_down_spec_writes_are_refused_and_nothing_else(
     assert WEBHOOK_NAME in refused.value.message, refused.value.message
     # Metadata of an existing identity, deletion and everything else in the cluster go on.
     merge_patch(kube, "AppIdentity", namespace, "present", {"metadata": {"labels": {"a": "b"}}})
-    create(
-        kube,
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "cm", "namespace": namespace},
-        },
+    kube.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/configmaps",
+        body={"metadata": {"name": "unaffected"}},
     )
     assert kube.delete("AppIdentity", namespace, "present")
 
