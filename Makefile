@@ -117,6 +117,12 @@ install.yaml: control-plane venv ## regenerate deploy/install.yaml, deploy/webho
 	$(KUBECTL) kustomize deploy/ > deploy/install.yaml
 	$(PY) hack/webhook_install.py > deploy/webhook/install.yaml
 	cp crds/appidentity.dev_appidentities.yaml deploy/requester-policy.yaml charts/appidentity-operator/files/
+	$(PY) -c 'import sys, yaml; docs = yaml.safe_load_all(open("deploy/requester-policy.yaml")); \
+	  yaml.safe_dump_all([d for d in docs if d["kind"].startswith("Validating")], sys.stdout, sort_keys=False)' \
+	  > charts/appidentity-operator/files/requester-validation.yaml
+	mkdir -p charts/appidentity-operator/files/webhook
+	cd deploy/webhook && cp serviceaccount.yaml rbac.yaml secret.yaml deployment.yaml service.yaml \
+	  mutating-webhook.yaml ../../charts/appidentity-operator/files/webhook/
 
 N ?= 1,100,1000
 bench: deps ## time to Ready, API requests, memory, restart; vs kubectl and a plain client (N=1,100,1000)

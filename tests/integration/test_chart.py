@@ -23,6 +23,7 @@ from appidentity.kube import Kube
 from appidentity.model import parse_identity
 from appidentity.policy import Policy, check, load_policy
 from appidentity.policy_manifests import ADMISSION_PARAMETERS, ADMISSION_POLICY, BIND_ROLE
+from requester import TLS_SECRET, WEBHOOK_CONFIGURATION, RequesterWebhook
 from support import (
     REPO,
     Cluster,
@@ -42,6 +43,7 @@ from support import (
 
 CHART = REPO / "charts" / "appidentity-operator"
 INSTALL_YAML = REPO / "deploy" / "install.yaml"
+WEBHOOK_INSTALL_YAML = REPO / "deploy" / "webhook" / "install.yaml"
 BUILD_HELM = REPO / "hack" / "build-helm.sh"
 POLICY_CONFIGMAP = "appidentity-policy"
 EXTRA_GRANTABLE = "appidentity-operator-grantable-extra"
@@ -98,10 +100,19 @@ def helm(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Comp
     return done
 
 
+# Helm's own capabilities lack MutatingAdmissionPolicy v1; a cluster of 1.36+ has it.
+WITH_MAP = ("--api-versions", "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy")
+
+
 def template(
-    env: dict[str, str], tmp_path: Path, values: Doc | None = None, *sets: str
+    env: dict[str, str],
+    tmp_path: Path,
+    values: Doc | None = None,
+    *sets: str,
+    api_versions: tuple[str, ...] = WITH_MAP,
 ) -> list[Doc]:
-    args = ["template", "appidentity-operator", str(CHART)]
+    """`helm template`, as for a cluster of 1.36+ unless `api_versions` says otherwise."""
+    args = ["template", "appidentity-operator", str(CHART), *api_versions]
     if values is not None:
         path = tmp_path / f"values-{uuid.uuid4().hex[:6]}.yaml"
         path.write_text(yaml.safe_dump(values))
@@ -142,7 +153,7 @@ def comparable(doc: Doc) -> Doc:
     if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == POLICY_CONFIGMAP:
         doc["data"]["policy.yaml"] = yaml.safe_load(doc["data"]["policy.yaml"])
     if doc["kind"] == "ValidatingAdmissionPolicy":
-        for variable in doc["spec"]["variables"]:
+        for variable in doc["spec"].get("variables", []):
             if variable["name"] in ADMISSION_PARAMETERS:
                 variable["expression"] = cel_literal(variable["expression"])
     return doc
@@ -160,12 +171,19 @@ def test_chart_lints_clean(helm_env: dict[str, str], tmp_path: Path) -> None:
         assert "[WARNING]" not in done.stdout and "[ERROR]" not in done.stdout, done.stdout
 
 
+@pytest.mark.parametrize(
+    ("api_versions", "install_yaml"),
+    [(WITH_MAP, INSTALL_YAML), ((), WEBHOOK_INSTALL_YAML)],
+    ids=["mutating-policy", "webhook"],
+)
 def test_default_values_render_what_deploy_installs(
-    helm_env: dict[str, str], tmp_path: Path
+    helm_env: dict[str, str], tmp_path: Path, api_versions: tuple[str, ...], install_yaml: Path
 ) -> None:
-    """The gap, if any, is listed: a file added to deploy/ needs its template here."""
-    chart = by_key(template(helm_env, tmp_path))
-    deploy = by_key([d for d in yaml.safe_load_all(INSTALL_YAML.read_text()) if d])
+    """With MutatingAdmissionPolicy (1.36+) deploy/, without it deploy/webhook/: requester.mode
+    auto picks by the cluster's API versions. The gap, if any, is listed: a file added to
+    deploy/ needs its template here."""
+    chart = by_key(template(helm_env, tmp_path, api_versions=api_versions))
+    deploy = by_key([d for d in yaml.safe_load_all(install_yaml.read_text()) if d])
     assert sorted(set(deploy) - set(chart)) == [], "in deploy/install.yaml, not in the chart"
     assert sorted(set(chart) - set(deploy)) == [], "in the chart, not in deploy/install.yaml"
 
@@ -326,13 +344,19 @@ def live_copy(cluster: Cluster, doc: Doc) -> Doc | None:
 
 
 @pytest.fixture
+def install_values(requester_recording: str) -> Doc:
+    """INSTALL_VALUES, with the requester recorded as the session records it."""
+    return {**INSTALL_VALUES, "requester": {"mode": requester_recording}}
+
+
+@pytest.fixture
 def cleared_cluster_scope(
-    cluster: Cluster, helm_env: dict[str, str], tmp_path: Path
+    cluster: Cluster, helm_env: dict[str, str], tmp_path: Path, install_values: Doc
 ) -> Iterator[None]:
     """The chart's cluster-scoped objects have fixed names, like deploy/'s, and Helm will not
     adopt objects it did not create. Objects of those names that another module installed
     from deploy/ are set aside for the test and put back after it."""
-    docs = template(helm_env, tmp_path, INSTALL_VALUES)
+    docs = template(helm_env, tmp_path, install_values)
     scoped = [d for d in docs if not d["metadata"].get("namespace") and d["kind"] != "Namespace"]
     assert "CustomResourceDefinition" not in {d["kind"] for d in scoped}
     saved = [obj for obj in (live_copy(cluster, d) for d in scoped) if obj is not None]
@@ -347,10 +371,25 @@ def cleared_cluster_scope(
         wait_until(lambda: requester_stamp(cluster), 60, "the requester policy to return")
 
 
+def _serve_chart_webhook_locally(kube: Kube, webhook: RequesterWebhook) -> None:
+    """No Pod runs here: the chart's webhook configuration is pointed at the suite's webhook
+    replicas (same code, same image contents), with their CA."""
+    secret = kube.request("GET", "/api/v1/namespaces/appidentity-system/secrets/" + TLS_SECRET)
+    config = {"url": webhook.url, "caBundle": secret["data"]["ca.crt"]}
+    kube.request(
+        "PATCH",
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/"
+        + WEBHOOK_CONFIGURATION,
+        body=[{"op": "replace", "path": "/webhooks/0/clientConfig", "value": config}],
+        content_type="application/json-patch+json",
+    )
+
+
 def test_helm_install_with_a_non_default_policy_is_enforced_by_admission_and_operator(
     cluster: Cluster,
     kube: Kube,
-    crd_installed: None,
+    crd_installed: RequesterWebhook | None,
+    install_values: Doc,
     session_operator_stopped: None,
     cleared_cluster_scope: None,
     helm_env: dict[str, str],
@@ -375,10 +414,12 @@ def test_helm_install_with_a_non_default_policy_is_enforced_by_admission_and_ope
     )
 
     values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump({"namespace": {"name": operator_ns}, **INSTALL_VALUES}))
+    values.write_text(yaml.safe_dump({"namespace": {"name": operator_ns}, **install_values}))
     release = ["chart-test", "--namespace", namespace]
     env = helm_env | {"KUBECONFIG": str(cluster.kubeconfig)}
     helm(env, "install", *release, str(CHART), "-f", str(values))
+    if crd_installed is not None:
+        _serve_chart_webhook_locally(kube, crd_installed)
     own: Operator | None = None
     try:
         # --- admission: the chart's policy, with the operator's own messages
