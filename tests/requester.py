@@ -12,12 +12,20 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from appidentity.kube import Kube
-from support import OPERATOR_NAMESPACE, REPO, Cluster, free_port, token_kubeconfig, wait_until
+from support import (
+    OPERATOR_NAMESPACE,
+    REPO,
+    Cluster,
+    answers_ok,
+    end_process,
+    free_port,
+    token_kubeconfig,
+    wait_until,
+)
 
 INSTALL_SH = REPO / "hack" / "install.sh"
 MODE_SH = REPO / "hack" / "requester-mode.sh"
@@ -66,11 +74,7 @@ class Replica:
 
     def ready(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, "webhook replica exited"
-        try:
-            url = f"http://127.0.0.1:{self.health_port}/readyz"
-            return bool(urllib.request.urlopen(url, timeout=1).status == 200)
-        except OSError:
-            return False
+        return answers_ok(f"http://127.0.0.1:{self.health_port}/readyz")
 
 
 @dataclass
@@ -138,13 +142,8 @@ class RequesterWebhook:
             self.start_replica()
 
     def stop_replica(self, replica: Replica, sig: int = signal.SIGTERM) -> None:
-        if replica.proc is not None and replica.proc.poll() is None:
-            replica.proc.send_signal(sig)
-            try:
-                replica.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                replica.proc.kill()
-                replica.proc.wait()
+        if replica.proc is not None:
+            end_process(replica.proc, sig)
         self.replicas.remove(replica)
 
     def stop(self) -> None:

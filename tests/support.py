@@ -148,13 +148,8 @@ class Operator:
             return False
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            end_process(self.proc, sig)
         self.proc = None
 
     def log(self) -> str:
@@ -482,11 +477,7 @@ class ImageOperator:
 
     def _healthy(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, "operator exited; see its log"
-        try:
-            url = f"http://127.0.0.1:{self.liveness_port}/healthz"
-            return bool(urllib.request.urlopen(url, timeout=1).status == 200)
-        except OSError:
-            return False
+        return answers_ok(f"http://127.0.0.1:{self.liveness_port}/healthz")
 
     @property
     def pid(self) -> int:
@@ -518,6 +509,25 @@ class ImageOperator:
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         return str(urllib.request.urlopen(url, timeout=5).read().decode())
+
+
+def end_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Signals a running process, SIGKILL if it is still there 30 s later."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def answers_ok(url: str) -> bool:
+    """A health endpoint that answers 200 within a second."""
+    try:
+        return bool(urllib.request.urlopen(url, timeout=1).status == 200)
+    except OSError:
+        return False
 
 
 def wait_until(
