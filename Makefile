@@ -114,7 +114,8 @@ render: venv ## print what the examples would create (no cluster needed)
 	  for f in examples/*.yaml; do $(VENV)/bin/appidentity-operator render -n default -f $$f; done
 
 install.yaml: control-plane venv ## regenerate deploy/install.yaml, deploy/webhook/install.yaml (and the chart's copies of the CRD and requester policy)
-	$(KUBECTL) kustomize deploy/ > deploy/install.yaml
+	"$$(bash hack/build-control-plane.sh | tail -n 1)/kubectl" kustomize deploy/ > deploy/install.yaml.new
+	mv deploy/install.yaml.new deploy/install.yaml
 	$(PY) hack/webhook_install.py > deploy/webhook/install.yaml
 	cp crds/appidentity.dev_appidentities.yaml deploy/requester-policy.yaml charts/appidentity-operator/files/
 	$(PY) -c 'import sys, yaml; docs = yaml.safe_load_all(open("deploy/requester-policy.yaml")); \
