@@ -50,10 +50,14 @@ class Webhook:
 
     async def _keep_certificates(self) -> None:
         while True:
+            # Any failure is logged and tried again: a dead loop would leave the certificate
+            # unrenewed while /readyz still said ready.
             try:
                 self._load(await asyncio.to_thread(self.sync.sync))
             except ApiError as exc:
                 log.warning("certificates not synced: %s", exc)
+            except Exception:
+                log.exception("certificates not synced")
             await asyncio.sleep(self.sync_seconds)
 
     async def mutate(self, request: web.Request) -> web.Response:

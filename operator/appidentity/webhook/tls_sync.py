@@ -30,7 +30,7 @@ class TlsSync:
     def _secret_path(self) -> str:
         return f"/api/v1/namespaces/{self.namespace}/secrets/{self.secret}"
 
-    def _injected(self, ca_crt: bytes) -> bool:
+    def _inject(self, ca_crt: bytes) -> None:
         """Patches caBundle where it differs: afterwards every webhook has `ca_crt`."""
         config = self.kube.request("GET", f"{ADMISSION}/{self.configuration}")
         wanted = base64.b64encode(ca_crt).decode()
@@ -48,14 +48,15 @@ class TlsSync:
                 content_type="application/json-patch+json",
             )
             log.info("put the CA into %s's caBundle", self.configuration)
-        return True
 
     def sync(self) -> Material:
         """One step: renew what is due in the Secret, inject its CA; returns what to serve."""
         secret = self.kube.request("GET", self._secret_path())
         current = Material.from_secret(secret.get("data"))
-        injected = current is not None and self._injected(current.ca_crt)
+        if current is not None:
+            self._inject(current.ca_crt)  # so the plan may take the next step of a CA rotation
         now = datetime.now(UTC)
+        injected = current is not None
         wanted = plan(current, self.hosts, now, self.cert_seconds, self.ca_seconds, injected)
         if wanted is not None:
             secret["data"] = wanted.secret_data()
@@ -71,6 +72,6 @@ class TlsSync:
                     self.kube.request("GET", self._secret_path()).get("data")
                 )
             assert current is not None
-            self._injected(current.ca_crt)
+            self._inject(current.ca_crt)
         assert current is not None
         return current
