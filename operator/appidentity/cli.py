@@ -139,7 +139,7 @@ def _cmd_kubeconfig(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from .model import parse_identity
     from .policy import load_policy
-    from .reconcile import Runtime, consenting_namespaces, prove, stored_token
+    from .reconcile import Runtime, consenting_namespaces, self_check, stored_token
     from .verify.baseline import Baseline
 
     kube, body = _load_identity(args.name, _namespace(args), args.kubeconfig)
@@ -150,7 +150,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     token, audiences = stored_token(rt, identity)
     if token is None:
         raise LookupError(f"no token in Secret {identity.namespace}/{identity.secret_name}")
-    plan, ver = prove(rt, identity, consenting_namespaces(rt, identity), token, audiences)
+    plan, ver = self_check(rt, identity, consenting_namespaces(rt, identity), token, audiences)
     print(f"identity  {identity.namespace}/{identity.name}")
     print(f"subject   {ver.authenticated_as or '-'} (expected {identity.subject})")
     if ver.error:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .model import Identity, Rule
-from .verify.rbac import Request, RuleDict, requests_of
+from .rbac import Request, RuleDict, requests_of
 
 RBAC = "rbac.authorization.k8s.io"
 # Set by the admission policy from the request's userInfo whenever the spec is written.

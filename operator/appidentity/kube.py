@@ -25,7 +25,7 @@ import urllib3
 from kubernetes import client, config
 
 from . import FIELD_MANAGER, GROUP, PLURAL, VERSION
-from .verify.rbac import Request
+from .rbac import Request
 
 # kind -> (API prefix, plural, namespaced)
 KINDS: dict[str, tuple[str, str, bool]] = {

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from appidentity.escalation import REQUESTER_ANNOTATION, parse_stamp
 from appidentity.kube import Http, Kube
-from appidentity.verify.rbac import requests_of
+from appidentity.rbac import requests_of
 from support import (
     CLUSTER_RULES_NAMESPACE,
     TEST_POLICY_FILE,

@@ -20,8 +20,9 @@ from appidentity.escalation import (
 )
 from appidentity.model import parse_identity
 from appidentity.policy import load_policy
-from appidentity.reconcile import Case, Memory, Stop, _judge
-from appidentity.verify.rbac import Request
+from appidentity.rbac import Request
+from appidentity.reconcile import Case, Memory, Stop
+from appidentity.reconcile.judge import judge
 
 from .conftest import POD_READER, BodyFactory, IdentityFactory
 
@@ -231,6 +232,6 @@ def test_an_unstamped_spec_is_refused_whatever_its_status_says(body: BodyFactory
     case = Case(doc, identity, dict(doc["status"]), datetime.now(UTC), True, set(), None)  # type: ignore[arg-type]
     runtime = SimpleNamespace(policy=load_policy(None))
     with pytest.raises(Stop) as stopped:
-        _judge(runtime, case, Memory())  # type: ignore[arg-type]
+        judge(runtime, case, Memory())  # type: ignore[arg-type]
     assert stopped.value.reason == "EscalationRefused"
     assert "no requester recorded" in stopped.value.message

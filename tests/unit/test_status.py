@@ -288,10 +288,11 @@ def operator_reasons() -> set[str]:
     import ast
     from pathlib import Path
 
+    import appidentity
     import appidentity.reconcile as reconcile
 
     reasons = {reconcile.VERIFYING}
-    for path in Path(reconcile.__file__).parent.rglob("*.py"):
+    for path in Path(appidentity.__file__).parent.rglob("*.py"):
         tree = ast.parse(path.read_text())
         constants = {
             t.id: node.value.value

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from appidentity.rbac import Request, covered
 from appidentity.verify.plan import MAX_ALLOWED_CHECKS, MAX_REAL_READS, Check, Plan, build_plan
-from appidentity.verify.rbac import Request, covered
 
 from .conftest import IdentityFactory
 

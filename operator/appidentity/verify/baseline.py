@@ -10,7 +10,7 @@ from typing import Any
 
 from ..desired import is_subset
 from ..kube import Kube
-from .rbac import RuleDict
+from ..rbac import RuleDict
 
 BASELINE_SA = "appidentity-baseline"
 TTL_SECONDS = 300.0

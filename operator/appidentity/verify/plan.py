@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..model import Identity
-from .rbac import Request, RuleDict, covered, requests_of, split_resource
+from ..rbac import Request, RuleDict, covered, requests_of, split_resource
 
 MAX_ALLOWED_CHECKS = 128
 MAX_REAL_READS = 8

@@ -15,10 +15,10 @@ from typing import Any
 
 from ..kube import ApiError, Http, Kube
 from ..model import Identity
+from ..rbac import Request, RuleDict, covered, excess, requests_of, rules_hash
 from .baseline import Baseline
 from .jwt import K8S_CLAIM, Binding, JwtResult, key_id, unverified_claims, verify_token
 from .plan import Check, Plan
-from .rbac import Request, RuleDict, covered, excess, requests_of, rules_hash
 
 # Access reviews of all identities share one small pool: a pool per verification cost more
 # in thread start-up than the reviews' own work.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from appidentity.verify.rbac import (
+from appidentity.rbac import (
     Request,
     covered,
     covers,
