@@ -239,12 +239,12 @@ def _install() -> None:
     if CPROFILE:
         _thread_profile("main thread (kopf, asyncio)").enable()
     try:
-        from appidentity import handlers, kube
+        from appidentity import kube, turns
         from appidentity.verify import run as verify_run
     except Exception:  # not the operator's interpreter: profile CPU only
         return
     if CPROFILE:
-        handlers._cycle = _profiled("reconcile (handlers._cycle)", handlers._cycle)
+        turns.cycle = _profiled("reconcile (turns.cycle)", turns.cycle)
         verify_run._ask = _profiled("SSAR pool (verify._ask)", verify_run._ask)
     original = kube.Http.request
 

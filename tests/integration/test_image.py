@@ -92,8 +92,10 @@ def test_image_holds_no_compiler_no_pip_and_no_source_tree(image_operator: Image
 
     # No source tree: the package exists only as installed into the venv.
     assert not (root / "src").exists()
-    found = [p.relative_to(root) for p in root.glob("**/appidentity/reconcile.py")]
-    assert found == [Path("opt/venv/lib/python3.11/site-packages/appidentity/reconcile.py")]
+    found = [p.relative_to(root) for p in root.glob("**/appidentity/reconcile/pipeline.py")]
+    assert found == [
+        Path("opt/venv/lib/python3.11/site-packages/appidentity/reconcile/pipeline.py")
+    ]
     assert list(root.glob("**/pyproject.toml")) == []
 
 

@@ -17,7 +17,7 @@ def memory(namespace: str, sa: str, roles: set[str], grants: set[str]) -> Memory
 
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> Registry:
-    reg = Registry()
+    reg = Registry(wake=lambda key: None)
     for key, mem in (
         ("a.reader", memory("a", "reader", {"view"}, {"b"})),
         ("a.writer", memory("a", "writer", set(), set())),

@@ -1,0 +1,111 @@
+"""Commands about one identity in a cluster: its kubeconfig, and its self-check run on demand
+with the token in its Secret (`check`), every check printed."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import sys
+from typing import Any
+
+from .. import KIND
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_kubeconfig,
+    add_operator_namespace,
+    namespace,
+    table,
+)
+
+
+def _load_identity(name: str, ns: str, kubeconfig: str | None) -> tuple[Any, dict[str, Any]]:
+    from ..kube import Kube
+
+    kube = Kube.connect(kubeconfig)
+    body = kube.get(KIND, ns, name)
+    if body is None:
+        raise LookupError(f"AppIdentity {ns}/{name} not found")
+    return kube, body
+
+
+def _cmd_kubeconfig(args: argparse.Namespace) -> int:
+    from ..tokens import secret_token
+
+    args.namespace = namespace(args)
+    kube, body = _load_identity(args.name, args.namespace, args.kubeconfig)
+    secret_name = (body.get("status") or {}).get("secretName") or f"{args.name}-token"
+    secret = kube.get("Secret", args.namespace, secret_name)
+    data = (secret or {}).get("data") or {}
+    if "kubeconfig" not in data:
+        if secret_token(secret) is None:
+            raise LookupError(f"Secret {args.namespace}/{secret_name} holds no token yet")
+        raise LookupError(
+            f"Secret {args.namespace}/{secret_name} has no kubeconfig (spec.token.kubeconfig is false)"
+        )
+    sys.stdout.write(base64.b64decode(data["kubeconfig"]).decode())
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from ..model import parse_identity
+    from ..policy import load_policy
+    from ..reconcile import Runtime, consenting_namespaces, self_check, stored_token
+    from ..verify.baseline import Baseline
+
+    kube, body = _load_identity(args.name, namespace(args), args.kubeconfig)
+    identity = parse_identity(body)
+    rt = Runtime(
+        kube=kube, policy=load_policy(None), baseline=Baseline(kube, args.operator_namespace)
+    )
+    token, audiences = stored_token(rt, identity)
+    if token is None:
+        raise LookupError(f"no token in Secret {identity.namespace}/{identity.secret_name}")
+    plan, ver = self_check(rt, identity, consenting_namespaces(rt, identity), token, audiences)
+    print(f"identity  {identity.namespace}/{identity.name}")
+    print(f"subject   {ver.authenticated_as or '-'} (expected {identity.subject})")
+    if ver.error:
+        print(f"FAILED    {ver.error}")
+        return EXIT_FAILED
+    rows = [("RESULT", "EXPECTED", "GOT", "VIA", "CHECK", "SOURCE")]
+    for r in ver.results:
+        rows.append(
+            (
+                "ok" if r.passed else "FAIL",
+                "allowed" if r.expected_allowed else "denied",
+                "allowed" if r.got_allowed else "denied",
+                r.via,
+                r.request.describe(),
+                r.source,
+            )
+        )
+    print(table(rows))
+    for item in ver.excess:
+        what = ",".join(item.get("resources", item.get("nonResourceURLs", [])))
+        print(f"EXCESS    {','.join(item['verbs'])} {what} in {item['namespace']}")
+    print(
+        f"jwt       {'ok' if ver.jwt.ok else 'FAIL'}: {ver.jwt.reason} (issuer {ver.jwt.issuer}, kid {ver.jwt.key_id})"
+    )
+    if plan.truncated:
+        print(f"note      {plan.truncated} allowed checks beyond the limit were not asked")
+    excess_fails = bool(ver.excess) and not identity.spec.verification.allow_excess
+    ok = not ver.failed and ver.jwt.ok and not excess_fails
+    print(
+        f"summary   {ver.passed_count(True)} allowed, {ver.passed_count(False)} denied passed; "
+        f"{len(ver.failed)} failed; {len(ver.excess)} excess -> {'VERIFIED' if ok else 'NOT VERIFIED'}"
+    )
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def add_parsers(sub: Any) -> None:
+    for name, func, text in (
+        ("kubeconfig", _cmd_kubeconfig, "print an identity's kubeconfig"),
+        ("check", _cmd_check, "re-run an identity's self-check and print every check"),
+    ):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("name")
+        c.add_argument("--namespace", "-n", help="default: the kubeconfig context's namespace")
+        add_kubeconfig(c)
+        if name == "check":
+            add_operator_namespace(c)
+        c.set_defaults(func=func)
