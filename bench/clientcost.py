@@ -21,8 +21,8 @@ from appidentity.kube import (
     Http,
     Kube,
     TokenTransport,
-    _token_transport,
     credential_free,
+    token_transport,
 )
 from kubernetes import client
 
@@ -56,7 +56,7 @@ def main() -> None:
 
     bare = credential_free(kube.api.configuration, kube.ca_crt)
     via_client = Http(kube.api, ClientTransport(client.ApiClient(bare), False), token)
-    transport = _token_transport(kube.api.configuration, kube.ca_crt)
+    transport = token_transport(kube.api.configuration, kube.ca_crt)
     assert isinstance(transport, TokenTransport)
     via_stdlib = Http(kube.api, transport, token)
     pool = client.ApiClient(bare).rest_client.pool_manager

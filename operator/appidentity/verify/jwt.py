@@ -103,6 +103,29 @@ def _binding_failure(claims: Mapping[str, Any], binding: Binding) -> str:
     return ""
 
 
+def _claims_failure(
+    claims: Mapping[str, Any],
+    audiences: Sequence[str] | None,
+    exact: bool,
+    subject: str | None,
+    binding: Binding | None,
+) -> str | None:
+    """What is wrong with verified claims for this relying party: aud (None: not checked, as
+    for a legacy token), sub, and the ServiceAccount/Secret binding."""
+    if audiences is not None:
+        got = _audiences(claims)
+        fits = set(got) == set(audiences) if exact else bool(set(got) & set(audiences))
+        if not fits:
+            expected = "exactly" if exact else "one of"
+            return (
+                f"wrong audience: the token is for {sorted(got)}, expected {expected} "
+                f"{sorted(audiences)}"
+            )
+    if subject is not None and claims.get("sub") != subject:
+        return f"sub is {claims.get('sub')!r}, expected {subject!r}"
+    return _binding_failure(claims, binding) if binding is not None else None
+
+
 def verify_token(
     token: str,
     jwks: Mapping[str, Any],
@@ -157,22 +180,9 @@ def verify_token(
         )
     except jwt.PyJWTError as exc:
         return JwtResult(False, _claim_failure(exc, unverified, issuer), issuer, kid)
-    if not legacy:
-        got = _audiences(claims)
-        fits = set(got) == set(audiences) if exact_audiences else bool(set(got) & set(audiences))
-        if not fits:
-            expected = "exactly" if exact_audiences else "one of"
-            return JwtResult(
-                False,
-                f"wrong audience: the token is for {sorted(got)}, expected {expected} "
-                f"{sorted(audiences)}",
-                issuer,
-                kid,
-            )
-    if subject is not None and claims.get("sub") != subject:
-        return JwtResult(False, f"sub is {claims.get('sub')!r}, expected {subject!r}", issuer, kid)
-    if binding is not None:
-        failure = _binding_failure(claims, binding)
-        if failure:
-            return JwtResult(False, failure, issuer, kid)
+    failure = _claims_failure(
+        claims, None if legacy else audiences, exact_audiences, subject, binding
+    )
+    if failure:
+        return JwtResult(False, failure, issuer, kid)
     return JwtResult(True, "signature and claims verified", issuer, kid, claims)
