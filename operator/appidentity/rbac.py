@@ -2,7 +2,8 @@
 
 Matching follows the API server's RBAC authorizer: `*` matches any verb, group or resource,
 `*/sub` any resource's subresource `sub`, an empty resourceNames list any name, and a
-nonResourceURL ending in `*` a prefix.
+nonResourceURL ending in `*` a prefix (with every trailing `*` stripped: `/logs/**` covers
+`/logs/x`, as the API server's own matching does).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def covers(rule: RuleDict, req: Request) -> bool:
         return False
     if req.url:
         return any(
-            u == "*" or u == req.url or (u.endswith("*") and req.url.startswith(u[:-1]))
+            u == "*" or u == req.url or (u.endswith("*") and req.url.startswith(u.rstrip("*")))
             for u in rule.get("nonResourceURLs") or []
         )
     groups = rule.get("apiGroups") or []

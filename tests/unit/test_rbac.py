@@ -118,6 +118,10 @@ def test_no_resource_names_cover_any_name() -> None:
         (["/api*"], "/apis/apps", True),
         (["*"], "/anything", True),
         (["/metrics"], "/metric", False),
+        # The API server strips every trailing star, not one (strings.TrimRight).
+        (["/logs/**"], "/logs/kube-apiserver.log", True),
+        (["/logs**"], "/logs", True),
+        (["/logs/**"], "/log", False),
     ],
 )
 def test_non_resource_urls_match_exactly_or_by_star_prefix(
@@ -249,6 +253,12 @@ def test_uncovered_non_resource_urls_are_excess() -> None:
 def test_prefix_grant_covers_narrower_effective_prefix() -> None:
     effective = [{"nonResourceURLs": ["/api/*"], "verbs": ["get"]}]
     allowed = [{"nonResourceURLs": ["/api*"], "verbs": ["get"]}]
+    assert excess(effective, allowed, "team-a") == []
+
+
+def test_a_double_star_grant_covers_what_the_api_server_says_it_covers() -> None:
+    effective = [{"nonResourceURLs": ["/logs/kube.log", "/logs/*", "/logs/**"], "verbs": ["get"]}]
+    allowed = [{"nonResourceURLs": ["/logs/**"], "verbs": ["get"]}]
     assert excess(effective, allowed, "team-a") == []
 
 
