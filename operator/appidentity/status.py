@@ -47,9 +47,16 @@ STALLED_REASONS = frozenset(
 SETTLED_REASONS = frozenset({"ScheduleInactive"})
 # Work the operator finishes by itself: a check or a requester's refusal being asked again while
 # RBAC propagates (reconcile.VERIFYING, reconcile.JUDGING), a token the cluster has yet to issue,
-# an interrupted reconcile.
+# an interrupted reconcile, the issuer's keys that could not be read.
 RECONCILING_REASONS = frozenset(
-    {"Verifying", "VerifyingRequester", "WaitingForToken", "WaitingForTokenController", "ApiError"}
+    {
+        "Verifying",
+        "VerifyingRequester",
+        "WaitingForToken",
+        "WaitingForTokenController",
+        "ApiError",
+        "KeysUnavailable",
+    }
 )
 
 

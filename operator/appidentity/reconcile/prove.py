@@ -22,6 +22,8 @@ from .token import audiences_of, schedule_message
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
 LEGACY_WAIT = 2.0
 VERIFYING = "Verifying"  # a failed check being asked again; not yet an outcome worth an Event
+KEYS_UNAVAILABLE = "KeysUnavailable"
+KEYS_RETRY_DELAYS = (2.0, 5.0, 10.0, 30.0)  # then every 30 s while the keys cannot be read
 
 
 def self_check(
@@ -74,6 +76,8 @@ def prove(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof:
     if plan.truncated:
         note = f" ({plan.truncated} allowed checks beyond the limit were not asked)"
         cond = st.Condition(cond.type, cond.status, cond.reason, cond.message + note)
+    if cond.reason == KEYS_UNAVAILABLE:
+        return _keys_unavailable(case, mem, cond)
     if cond.status is not True and (mem.retries or done.wrote) and mem.retries < len(RETRY_DELAYS):
         delay = RETRY_DELAYS[mem.retries]
         mem.retries += 1
@@ -90,6 +94,15 @@ def prove(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof:
     return Proof(cond, verification_status(ver, now), wake, extra, "full")
 
 
+def _keys_unavailable(case: Case, mem: Memory, cond: st.Condition) -> Proof:
+    """The signature could not be judged: no outcome, the whole proof asked again soon."""
+    delay = KEYS_RETRY_DELAYS[min(mem.keys_failures, len(KEYS_RETRY_DELAYS) - 1)]
+    mem.keys_failures += 1
+    mem.timetable, mem.verify_soon = None, True
+    pending = st.Condition(cond.type, None, cond.reason, f"{cond.message}; again in {delay:.0f}s")
+    return Proof(pending, case.previous.get("verification"), delay, check="full")
+
+
 def _remember(
     rt: Runtime,
     case: Case,
@@ -104,7 +117,7 @@ def _remember(
     re-check asks with. A token for other audiences is never sent to the API server, so it is
     proven in full at every interval (with a probe), as is an identity that is not verified."""
     identity, now = case.identity, case.now
-    mem.retries = 0
+    mem.retries = mem.keys_failures = 0
     mem.verify_soon = False
     mem.verified_generation = identity.generation
     if (
@@ -163,6 +176,8 @@ def verified_condition(identity: Identity, ver: Verification) -> st.Condition:
             f"{len(ver.failed)} check(s) failed; first: {first.request.describe()} "
             f"expected {expected}, got {got} (via {first.via})",
         )
+    if ver.jwt.unavailable:
+        return st.Condition(st.ACCESS_VERIFIED, None, KEYS_UNAVAILABLE, ver.jwt.reason)
     if not ver.jwt.ok:
         return st.Condition(st.ACCESS_VERIFIED, False, "TokenSignatureInvalid", ver.jwt.reason)
     msg = (

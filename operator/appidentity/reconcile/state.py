@@ -97,6 +97,7 @@ class Memory:
     rules_hash: str = ""
     rules_hash_generation: int = -1
     retries: int = 0
+    keys_failures: int = 0  # proofs in a row that could not read the issuer's keys
     # (generation, requester stamp) whose spec the requester was found entitled to / refused.
     judged: tuple[int, str | None] | None = None
     refused: tuple[int, str | None] | None = None

@@ -31,7 +31,8 @@ def baseline_service_account(namespace: str) -> dict[str, Any]:
 
 
 class Baseline:
-    """Callable: namespace -> baseline rules there, cached for a few minutes."""
+    """Callable: namespace -> baseline rules there, cached for a few minutes (or `max_age`
+    seconds, when the caller needs a fresher answer)."""
 
     def __init__(self, kube: Kube, namespace: str) -> None:
         self.kube = kube
@@ -63,10 +64,10 @@ class Baseline:
         with self._lock:
             return self._client_token()[1]
 
-    def __call__(self, namespace: str) -> list[RuleDict]:
+    def __call__(self, namespace: str, max_age: float = TTL_SECONDS) -> list[RuleDict]:
         with self._lock:
             cached = self._rules.get(namespace)
-            if cached and time.monotonic() < cached[0]:
+            if cached and time.monotonic() < cached[0] - TTL_SECONDS + max_age:
                 return cached[1]
             http = self.kube.token_client(self._client_token()[0])
             found, _ = http.rules_review(namespace)

@@ -58,6 +58,9 @@ class JwtResult:
     key_id: str = ""
     # The verified claims (only when ok): no credential in them, the token is not among them.
     claims: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # Not verified because the issuer's keys could not be read (the network, an API server
+    # restarting): nothing is known about the signature yet, so it is asked again.
+    unavailable: bool = False
 
 
 def _when(claims: Mapping[str, Any], name: str) -> str:
