@@ -86,6 +86,24 @@ def test_render_with_policy_reports_violations() -> None:
     )
 
 
+def test_render_without_policy_checks_the_default_policy() -> None:
+    """No --policy means the safe defaults, as `run` without --policy: issue 24's `render`
+    printed a Role with `impersonate` and exited 0."""
+    spec = {"rules": [{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"]}]}
+    doc = {
+        "apiVersion": "appidentity.dev/v1alpha1",
+        "kind": "AppIdentity",
+        "metadata": {"name": "x", "namespace": "a"},
+        "spec": spec,
+    }
+    out = cli("render", "-f", "-", stdin=yaml.safe_dump(doc))
+    assert out.returncode == 1
+    assert (
+        "error: a/x: spec.rules[0].verbs: verb 'impersonate' is forbidden (policy: forbiddenVerbs)"
+        in out.stderr
+    )
+
+
 def test_run_refuses_an_invalid_policy_file_before_connecting(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text("allowedClusterRoles: view\nnoSuchKey: 1\n")
