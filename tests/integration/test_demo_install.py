@@ -158,3 +158,42 @@ def test_a_forbidden_verb_applied_by_a_user_is_refused_at_admission(
     wait_until(refused, 30, "deploy/'s admission policy to refuse `impersonate`")
     gone = cluster.run_kubectl("get", "appidentity", "impersonator", "-n", namespace, check=False)
     assert "NotFound" in gone.stderr, "a refused identity must not be stored"
+
+
+def test_the_demo_s_last_line_puts_the_readme_commands_on_path(cluster: Cluster) -> None:
+    """The `export PATH=... KUBECONFIG=...` line that `make demo` prints last, run in a shell with
+    a bare PATH: `appidentity-operator`, `kubectl appid` (.venv/bin/kubectl-appid) and a
+    `kubectl` of the API server's own release are then found as the README writes them."""
+    lines = DEMO_SH.read_text().splitlines()
+    printf = [line for line in lines if "export PATH=" in line and not line.startswith("#")]
+    assert len(printf) == 1 and printf[-1].startswith("printf "), printf
+    assert DEMO_SH.read_text().rstrip().endswith(printf[-1])  # the very last thing it prints
+    env = {"HOME": os.environ.get("HOME", "/tmp"), "PATH": "/usr/bin:/bin"}
+    made = subprocess.run(
+        ["bash", "-c", printf[-1]],
+        env=env | {"repo": str(REPO), "KUBECONFIG": str(cluster.kubeconfig)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert made.count("\n") == 1 and made.startswith(f'export PATH="{REPO}/.venv/bin:{REPO}/bin:')
+    script = (
+        made
+        + "command -v appidentity-operator kubectl kubectl-appid\n"
+        + "kubectl appid --help | head -n 1\n"
+        + "kubectl version -o json\n"
+    )
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    found = done.stdout.splitlines()
+    assert found[:3] == [
+        f"{REPO}/.venv/bin/appidentity-operator",
+        f"{REPO}/bin/kubectl",
+        f"{REPO}/.venv/bin/kubectl-appid",
+    ]
+    assert found[3].startswith("usage: kubectl appid")
+    versions = json.loads("\n".join(found[4:]))
+    client, server = versions["clientVersion"], versions["serverVersion"]
+    assert (client["major"], client["minor"]) == (server["major"], server["minor"])
