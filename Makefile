@@ -68,7 +68,7 @@ install: venv ## the CRD and the requester recording this cluster supports (KUBE
 run: install ## run the operator (and the requester webhook where installed) against KUBECONFIG
 	@bash hack/run-local.sh
 
-demo: deps ## local cluster (unless KUBECONFIG is set), CRD, operator, examples, their verified status
+demo: deps ## local cluster (unless KUBECONFIG is set), deploy/ but the Deployment, operator with its policy, examples, verified status
 	@bash hack/demo.sh
 
 demo-down: ## stop what `make demo` started

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# `make demo`: a local control plane (unless KUBECONFIG names a cluster), the CRD, the operator
-# as a local process, the examples, and their verified status. `hack/demo.sh down` undoes it.
+# `make demo`: a local control plane (unless KUBECONFIG names a cluster), what deploy/ installs
+# but for the operator's Deployment (the CRD, RBAC, policy ConfigMap, admission policies and the
+# requester recording), the operator as a local process with that ConfigMap's policy, the
+# examples, their verified status, and a forbidden grant refused at admission. The last line is
+# the `export PATH=... KUBECONFIG=...` that makes the README's commands work as written.
+# `hack/demo.sh down` undoes it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -39,10 +43,12 @@ if [ -z "${KUBECONFIG:-}" ]; then
 else
   echo "== using the cluster of KUBECONFIG=$KUBECONFIG"
 fi
-command -v "$kubectl" >/dev/null || kubectl=kubectl
+# bin/: the cached kubectl of the local control plane's release (the README's `kubectl`)
+[ -x "$kubectl" ] || { mkdir -p bin && ln -sfn "$(bash hack/build-control-plane.sh | tail -n 1)/kubectl" "$kubectl"; }
 
-echo "== installing the CRD and the requester recording (who writes a spec must hold what it grants)"
-mode=$(bash hack/install.sh auto "$webhook_port" | tail -n 1)
+echo "== installing deploy/ but for the operator's Deployment: the CRD, RBAC, the policy ConfigMap,"
+echo "   the admission policies and the requester recording (who writes a spec must hold what it grants)"
+mode=$(bash hack/install.sh auto "$webhook_port" --deploy | tail -n 1)
 mode=${mode#requester: }
 if [ "$mode" = webhook ]; then
   echo "   Kubernetes before 1.36: the requester webhook, served by a local process (log: $state/webhook.log)"
@@ -61,10 +67,22 @@ for _ in $(seq 120); do
   sleep 0.5
 done
 [ -n "$stamp" ] || { echo "the requester recording ($mode) did not take effect" >&2; exit 1; }
+forbidden='{"apiVersion":"appidentity.dev/v1alpha1","kind":"AppIdentity","metadata":{"name":"impersonator","namespace":"team-a"},"spec":{"rules":[{"apiGroups":[""],"resources":["users"],"verbs":["impersonate"]}]}}'
+for _ in $(seq 60); do
+  if ! refused=$(echo "${forbidden//team-a/appidentity-system}" | "$kubectl" create --dry-run=server -f - 2>&1); then
+    [[ $refused == *forbiddenVerbs* ]] && break
+  fi
+  refused=""
+  sleep 0.5
+done
+[ -n "$refused" ] || { echo "the operator policy's admission policy did not take effect" >&2; exit 1; }
 
-echo "== starting the operator (log: $state/operator.log)"
+echo "== starting the operator with the policy of ConfigMap appidentity-system/appidentity-policy (log: $state/operator.log)"
+"$kubectl" get configmap appidentity-policy -n appidentity-system \
+  -o jsonpath='{.data.policy\.yaml}' >"$state/policy.yaml"
 stop_pid operator
-nohup "$operator" run --all-namespaces --metrics-port "$metrics_port" --liveness-port "$liveness_port" \
+nohup "$operator" run --all-namespaces --policy "$state/policy.yaml" \
+  --metrics-port "$metrics_port" --liveness-port "$liveness_port" \
   --recheck-seconds 30 >"$state/operator.log" 2>&1 &
 echo $! >"$state/operator.pid"
 
@@ -82,12 +100,23 @@ echo
 echo "== what the self-check proved"
 "$kubectl" get appidentities -A -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name}: {.status.verification.allowedChecks} allowed and {.status.verification.deniedChecks} denied checks passed as {.status.verification.authenticatedAs}, signed by key {.status.token.keyID}{"\n"}{end}'
 echo
-echo "== use an identity (its kubeconfig is in its Secret):"
-"$kubectl" get appidentities -A -o jsonpath='{range .items[?(@.spec.token.kubeconfig==true)]}  .venv/bin/appidentity-operator kubeconfig {.metadata.name} -n {.metadata.namespace} > {.metadata.name}.kubeconfig && kubectl --kubeconfig {.metadata.name}.kubeconfig auth can-i --list{"\n"}{end}'
+echo "== a grant the operator policy forbids is refused at admission, before anything is stored:"
+echo "   kubectl apply of AppIdentity team-a/impersonator with verbs [impersonate] on users"
+if out=$(echo "$forbidden" | "$kubectl" apply -f - 2>&1); then
+  echo "the forbidden AppIdentity was admitted: $out" >&2
+  exit 1
+fi
+echo "   refused: ${out#*denied request: }"
 echo
+echo "== next, with the line below run in your shell first (it puts .venv/bin and bin/ on PATH):"
+"$kubectl" get appidentities -A -o jsonpath='{range .items[?(@.spec.token.kubeconfig==true)]}  appidentity-operator kubeconfig {.metadata.name} -n {.metadata.namespace} > {.metadata.name}.kubeconfig && kubectl --kubeconfig {.metadata.name}.kubeconfig auth can-i --list{"\n"}{end}'
+echo "  every check, one identity:  kubectl appid check pod-reader -n team-a"
+echo "  all identities:             kubectl appid status -A"
 echo "  a token for another service (as that service verifies it):"
-echo "    kubectl get secret vault-client-token -n team-a -o jsonpath='{.data.token}' | base64 -d | .venv/bin/appidentity-operator verify-token --audience vault"
-echo "  every check, one identity:  .venv/bin/appidentity-operator check pod-reader -n team-a"
+echo "    kubectl get secret vault-client-token -n team-a -o jsonpath='{.data.token}' | base64 -d | appidentity-operator verify-token --audience vault"
 echo "  metrics:                    curl -s localhost:$metrics_port/metrics | grep ^appidentity_"
-echo "  cluster:                    export KUBECONFIG=$KUBECONFIG"
 echo "  stop everything:            make demo-down"
+echo
+# The last line: the README's `appidentity-operator`, `kubectl appid` (.venv/bin/kubectl-appid)
+# and `kubectl` (bin/, the release of the local control plane) first on PATH, and its cluster.
+printf 'export PATH="%s/.venv/bin:%s/bin:$PATH" KUBECONFIG=%s\n' "$repo" "$repo" "$KUBECONFIG"

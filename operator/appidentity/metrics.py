@@ -36,6 +36,20 @@ ERRORS = Counter(
     "appidentity_errors_total", "Errors talking to the API server, by phase", ["phase"]
 )
 
+# Every label value the operator uses, exported at 0 from the start: a series that appears only
+# with its first increment makes rate() and `increase() > 0` alerts miss that first one. A new
+# label value used anywhere belongs in these tuples.
+RECONCILE_RESULTS = ("ok", "error")
+CHECK_KINDS = ("full", "rules")
+ERROR_PHASES = ("reconcile",)
+for _counter, _values in (
+    (RECONCILES, RECONCILE_RESULTS),
+    (CHECKS, CHECK_KINDS),
+    (ERRORS, ERROR_PHASES),
+):
+    for _value in _values:
+        _counter.labels(_value)
+
 
 def serve(port: int) -> None:
     start_http_server(port)

@@ -223,7 +223,16 @@ def test_verify_token_reads_the_public_discovery_document_or_a_jwks_file(
     assert offline.returncode == 0, offline.stderr
     public = ["-a", "vault", "--issuer", issuer, "--ca", str(cluster.ca_file)]
     refused = verify_token(cluster, vault_token, *public)
-    assert refused.returncode == 1 and "HTTP Error 40" in refused.stderr  # not public yet
+    # not public yet: one line that says which binding makes it public (issue 24: a bare
+    # "HTTP Error 403: Forbidden")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.startswith("error: https://")
+    assert "HTTP 403: the issuer's discovery document is not public" in refused.stderr
+    assert (
+        "--clusterrole=system:service-account-issuer-discovery --group=system:unauthenticated"
+        in refused.stderr
+    )
+    assert "HTTP Error" not in refused.stderr and "Traceback" not in refused.stderr
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",

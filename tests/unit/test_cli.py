@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +85,24 @@ def test_render_with_policy_reports_violations() -> None:
     assert out.returncode == 1
     assert (
         "spec.rules[0].apiGroups: wildcards are not allowed (policy: allowWildcards)" in out.stderr
+    )
+
+
+def test_render_without_policy_checks_the_default_policy() -> None:
+    """No --policy means the safe defaults, as `run` without --policy: issue 24's `render`
+    printed a Role with `impersonate` and exited 0."""
+    spec = {"rules": [{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"]}]}
+    doc = {
+        "apiVersion": "appidentity.dev/v1alpha1",
+        "kind": "AppIdentity",
+        "metadata": {"name": "x", "namespace": "a"},
+        "spec": spec,
+    }
+    out = cli("render", "-f", "-", stdin=yaml.safe_dump(doc))
+    assert out.returncode == 1
+    assert (
+        "error: a/x: spec.rules[0].verbs: verb 'impersonate' is forbidden (policy: forbiddenVerbs)"
+        in out.stderr
     )
 
 
@@ -250,3 +270,38 @@ def test_verify_token_refuses_what_is_not_a_jwt(jwks_file: Path) -> None:
         1,
         "invalid: the token is not a well-formed JWT",
     )
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        (
+            403,
+            "--clusterrole=system:service-account-issuer-discovery --group=system:unauthenticated",
+        ),
+        (401, "refuses anonymous requests altogether"),
+    ],
+)
+def test_verify_token_says_why_an_issuer_refuses_anonymous_discovery(code: int, says: str) -> None:
+    """An issuer that refuses the anonymous read: one line saying what would make it public,
+    not a bare `HTTP Error 403: Forbidden` (issue 24)."""
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(code)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        issuer = f"http://127.0.0.1:{server.server_address[1]}"
+        out = cli("verify-token", "-a", "vault", "--issuer", issuer, stdin="a.b.c")
+    finally:
+        server.shutdown()
+    assert out.returncode == 1
+    line = f"error: {issuer}/.well-known/openid-configuration: HTTP {code}: the issuer's discovery"
+    assert out.stderr.startswith(line), out.stderr
+    assert says in out.stderr and out.stderr.count("\n") == 1

@@ -23,7 +23,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from ..policy import check, load_policy
 
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    policy = load_policy(args.policy) if args.policy else None
+    policy = load_policy(args.policy)  # no file: the safe defaults, as `run` without --policy
     out: list[dict[str, Any]] = []
     failed = False
     for doc in yaml.safe_load_all(text):
@@ -38,7 +38,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
             print(f"error: {where}: {exc}", file=sys.stderr)
             failed = True
             continue
-        violations = check(identity, policy) if policy else []
+        violations = check(identity, policy)
         for v in violations:
             print(f"error: {where}: {v}", file=sys.stderr)
         failed |= bool(violations)
@@ -113,7 +113,11 @@ def add_parsers(sub: Any) -> None:
     render.add_argument(
         "--namespace", "-n", default="default", help="namespace for objects without one"
     )
-    render.add_argument("--policy", type=Path, help="also check against this operator policy")
+    render.add_argument(
+        "--policy",
+        type=Path,
+        help="operator policy YAML to check against (default: the safe defaults, as `run` uses)",
+    )
     render.set_defaults(func=_cmd_render)
 
     manifests = sub.add_parser(

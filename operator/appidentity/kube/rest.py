@@ -11,6 +11,7 @@ import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
 from urllib.parse import urlencode
 from urllib.request import Request as UrlRequest
 from urllib.request import urlopen
@@ -214,11 +215,35 @@ def public_openid(issuer: str, ca_file: str | None = None) -> tuple[str, dict[st
         # the API server's /openid/v1/jwks answers only to the JWK set type (else 406)
         accept = "application/json, application/jwk-set+json"
         request = UrlRequest(url, headers={"Accept": accept})
-        with urlopen(request, context=context, timeout=TIMEOUT[1]) as response:
-            found: dict[str, Any] = json.loads(response.read())
-            return found
+        try:
+            with urlopen(request, context=context, timeout=TIMEOUT[1]) as response:
+                found: dict[str, Any] = json.loads(response.read())
+                return found
+        except HTTPError as exc:
+            if exc.code in (401, 403):
+                raise PermissionError(_not_public(url, exc.code)) from None
+            raise
 
     discovery = get(issuer.rstrip("/") + "/.well-known/openid-configuration")
     if not discovery.get("jwks_uri"):
         raise ValueError(f"the discovery document of {issuer} names no jwks_uri")
     return str(discovery.get("issuer", "")), get(str(discovery["jwks_uri"]))
+
+
+def _not_public(url: str, code: int) -> str:
+    """Why an anonymous read of an issuer's discovery document was refused, and what to do."""
+    if code == 401:
+        why = "the server refuses anonymous requests altogether (--anonymous-auth=false)"
+    else:
+        why = (
+            "an API server publishes it only once the ClusterRole "
+            "system:service-account-issuer-discovery is bound to the group "
+            "system:unauthenticated: kubectl create clusterrolebinding oidc-public "
+            "--clusterrole=system:service-account-issuer-discovery "
+            "--group=system:unauthenticated (the default ClusterRoleBinding of that name "
+            "binds it to system:serviceaccounts only)"
+        )
+    return (
+        f"{url}: HTTP {code}: the issuer's discovery document is not public: {why}; "
+        "or read it with credentials (--kubeconfig), or offline from a saved JWKS (--jwks)"
+    )
