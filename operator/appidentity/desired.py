@@ -53,6 +53,8 @@ class TokenMaterial:
     expires_at: str
     ca_crt: bytes
     server: str
+    # Whether the API server accepts the token: a kubeconfig with any other is of no use.
+    for_api_server: bool = True
 
 
 def _b64(value: str | bytes) -> str:
@@ -123,7 +125,7 @@ def token_secret(
             "namespace": _b64(identity.namespace),
             "expiresAt": _b64(material.expires_at),
         }
-        if identity.spec.token.kubeconfig:
+        if identity.spec.token.kubeconfig and material.for_api_server:
             data["kubeconfig"] = _b64(
                 kubeconfig(identity, material.server, material.ca_crt, material.token)
             )

@@ -96,6 +96,12 @@ def test_token_for_an_external_audience_is_verified_offline_and_access_proven_wi
     assert claims["aud"] == ["vault"]  # the Secret still holds the token for Vault, no probe
     assert claims["kubernetes.io"]["secret"]["name"] == "vault-client-token"
     assert whoami_status(token_api, token) == 401  # the API server refuses it
+    # kubeconfig: true (the default) writes none for a token the API server refuses, and says so.
+    assert obj["spec"]["token"]["kubeconfig"] is True
+    keys = set((kube.get("Secret", namespace, "vault-client-token") or {})["data"])
+    assert "kubeconfig" not in keys and "token" in keys  # keys only: a failure prints no token
+    issued = condition(obj, "TokenIssued")["message"]
+    assert "no kubeconfig written: the token's audiences exclude the API server's" in issued
 
     accepted = verify_token(
         cluster, token, "--audience", "vault", "--kubeconfig", str(cluster.kubeconfig)
@@ -124,6 +130,9 @@ def test_token_for_vault_and_the_api_server_is_checked_with_itself(
     assert obj["status"]["verification"]["allowedChecks"] == 3
     token = secret_token(kube, namespace, "both-token")
     assert token is not None and whoami_status(token_api, token) == 200
+    # One of its audiences is the API server's: its kubeconfig works.
+    assert "kubeconfig" in set((kube.get("Secret", namespace, "both-token") or {})["data"])
+    assert "no kubeconfig" not in condition(obj, "TokenIssued")["message"]
 
 
 def test_identity_without_any_grant_is_ready_and_can_do_nothing_beyond_the_baseline(

@@ -41,7 +41,8 @@ def _cmd_kubeconfig(args: argparse.Namespace) -> int:
         if secret_token(secret) is None:
             raise LookupError(f"Secret {args.namespace}/{secret_name} holds no token yet")
         raise LookupError(
-            f"Secret {args.namespace}/{secret_name} has no kubeconfig (spec.token.kubeconfig is false)"
+            f"Secret {args.namespace}/{secret_name} has no kubeconfig (spec.token.kubeconfig "
+            "is false, or the token's audiences exclude the API server's)"
         )
     sys.stdout.write(base64.b64decode(data["kubeconfig"]).decode())
     return EXIT_OK

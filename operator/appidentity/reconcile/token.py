@@ -12,6 +12,7 @@ from .. import desired as build
 from .. import status as st
 from .. import tokens
 from ..model import Identity, rfc3339
+from ..verify.run import for_api_server
 from .state import Case, Event, Memory, Runtime, TokenState
 
 AUDIENCES = "appidentity.dev/token-audiences"
@@ -54,11 +55,14 @@ def schedule_message(identity: Identity, now: datetime) -> str:
     return f"schedule: {state} {rfc3339(when) if when else ''}; no bindings, no token"
 
 
-def _valid(expires_at: str) -> st.Condition:
+NO_KUBECONFIG = "; no kubeconfig written: the token's audiences exclude the API server's"
+
+
+def _valid(expires_at: str, for_api_server: bool, identity: Identity) -> st.Condition:
     # The same words for a kept and a new token: no status write just for wording.
-    return st.Condition(
-        st.TOKEN_ISSUED, True, "TokenValid", f"Bound token valid until {expires_at}"
-    )
+    note = NO_KUBECONFIG if identity.spec.token.kubeconfig and not for_api_server else ""
+    message = f"Bound token valid until {expires_at}{note}"
+    return st.Condition(st.TOKEN_ISSUED, True, "TokenValid", message)
 
 
 def _bound_token(
@@ -77,10 +81,11 @@ def _bound_token(
         why = "the token Secret was modified"
     if why is None:
         annotations = secret["metadata"].get("annotations") or {}
+        audiences = audiences_of(secret)
         return TokenState(
-            _valid(annotations[tokens.EXPIRES_AT]),
+            _valid(annotations[tokens.EXPIRES_AT], _for_api_server(rt, audiences), identity),
             token=tokens.secret_token(secret),
-            audiences=audiences_of(secret),
+            audiences=audiences,
             expires_at=annotations[tokens.EXPIRES_AT],
             refresh_at=tokens.parse_time(annotations[tokens.REFRESH_AT]),
         )
@@ -102,7 +107,10 @@ def _mint(
     token = response["status"]["token"]
     expires = tokens.parse_time(response["status"]["expirationTimestamp"])
     audiences = list(response.get("spec", {}).get("audiences") or [])
-    material = build.TokenMaterial(token, rfc3339(expires), rt.kube.ca_crt, rt.kube.public_server)
+    for_api = _for_api_server(rt, audiences)
+    material = build.TokenMaterial(
+        token, rfc3339(expires), rt.kube.ca_crt, rt.kube.public_server, for_api
+    )
     manifest = build.token_secret(identity, material)
     manifest["metadata"]["annotations"] = {
         **tokens.token_annotations(identity, now, expires, secret["metadata"]["uid"], sa_uid),
@@ -110,7 +118,7 @@ def _mint(
     }
     rt.kube.apply(manifest)
     return TokenState(
-        _valid(rfc3339(expires)),
+        _valid(rfc3339(expires), for_api, identity),
         token=token,
         audiences=audiences,
         expires_at=rfc3339(expires),
@@ -118,6 +126,11 @@ def _mint(
         issued=True,
         why=why,
     )
+
+
+def _for_api_server(rt: Runtime, audiences: list[str]) -> bool:
+    """Whether the API server accepts a token of these audiences: none means its own."""
+    return not audiences or for_api_server(audiences, rt.baseline.api_audiences())
 
 
 def audiences_of(secret: Mapping[str, Any]) -> list[str]:
