@@ -29,6 +29,7 @@ from .reconcile import Runtime, cleanup
 from .registry import Registry, compact
 from .schedule import FULL_PROOF_SECONDS
 from .scheduler import Scheduler
+from .tokens import rotation_requested
 from .verify.baseline import Baseline
 
 log = logging.getLogger("appidentity")
@@ -166,9 +167,9 @@ def _slim(event: Mapping[str, Any]) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def identity_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-    """Tracks every AppIdentity and wakes it when it is new, for a new spec or its deletion,
-    not for status and metadata writes (the operator's own, kopf's): those would only repeat a
-    reconcile."""
+    """Tracks every AppIdentity and wakes it when it is new, for a new spec, a rotation asked
+    for, or its deletion; not for other status and metadata writes (the operator's own,
+    kopf's): those would only repeat a reconcile."""
     _slim(event)
     key = _key(body)
     if event.get("type") == "DELETED":
@@ -180,7 +181,8 @@ async def identity_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> N
         tracked.last_written = None  # delivered: the body has it now
     meta = body.get("metadata", {})
     generation = meta.get("generation")
-    if generation == tracked.generation and not meta.get("deletionTimestamp"):
+    rotate = rotation_requested(body)
+    if generation == tracked.generation and not meta.get("deletionTimestamp") and not rotate:
         return
     tracked.generation = generation
     REGISTRY.poke(key)

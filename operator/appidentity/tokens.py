@@ -21,6 +21,8 @@ EXPIRES_AT = "appidentity.dev/token-expires-at"
 CONFIG = "appidentity.dev/token-config"
 BOUND_TO = "appidentity.dev/token-bound-to"
 ROTATE_FRACTION = 0.8
+# Set by `kubectl appid rotate` (any new value); status.token.rotation echoes the last one done.
+ROTATE_ANNOTATION = "appidentity.dev/rotate"
 
 
 def refresh_at(issued: datetime, expires: datetime) -> datetime:
@@ -60,6 +62,13 @@ def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def rotation_requested(body: Mapping[str, Any]) -> str | None:
+    """The rotation asked for on the AppIdentity that its status does not show done yet."""
+    asked = ((body.get("metadata") or {}).get("annotations") or {}).get(ROTATE_ANNOTATION)
+    done = ((body.get("status") or {}).get("token") or {}).get("rotation")
+    return str(asked) if asked and asked != done else None
+
+
 def why_mint(
     identity: Identity, secret: Mapping[str, Any] | None, sa_uid: str, now: datetime
 ) -> str | None:
@@ -68,7 +77,7 @@ def why_mint(
         return "the token Secret does not exist"
     annotations = secret.get("metadata", {}).get("annotations") or {}
     if "token" not in (secret.get("data") or {}):
-        return "no token issued yet"
+        return "the token Secret holds no token"
     if annotations.get(CONFIG) != config_hash(identity):
         return "the token settings changed"
     if annotations.get(BOUND_TO) != bound_to(secret["metadata"].get("uid", ""), sa_uid):

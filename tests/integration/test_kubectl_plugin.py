@@ -1,6 +1,6 @@
 """`kubectl appid` against the real cluster, dispatched by kubectl itself: the status table of a
 namespace, colour only on a terminal, the context's namespace by default, and the commands the
-main program has (check, kubeconfig)."""
+main program has (check, kubeconfig, rotate)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pty
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,15 @@ from appidentity.kube import Kube
 from support import (
     READ_CONFIGMAPS,
     Cluster,
+    Token,
     conflicting_identity,
     create,
+    events_for,
     identity,
+    secret_token,
     wait_ready,
     wait_until,
+    whoami_status,
 )
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -162,3 +167,46 @@ def test_kubectl_lists_the_plugin(cluster: Cluster) -> None:
         timeout=60,
     )
     assert "kubectl-appid" in done.stdout
+
+
+def test_rotate_revokes_the_token_and_the_operator_mints_and_proves_a_new_one_at_once(
+    kube: Kube, cluster: Cluster, namespace: str, token_api: Callable[[Token], Any]
+) -> None:
+    create(kube, identity("rotated", namespace, rules=[READ_CONFIGMAPS]))
+    wait_ready(kube, namespace, "rotated")
+    old = secret_token(kube, namespace, "rotated-token")
+    assert old is not None and whoami_status(token_api, old) == 200
+
+    done = kubectl_appid(cluster, "rotate", "rotated", "-n", namespace)
+    assert done.returncode == 0, done.stderr
+    assert "old token revoked" in done.stdout and "new token valid until" in done.stdout
+    assert "AccessVerified True" in done.stdout
+    new = secret_token(kube, namespace, "rotated-token")
+    assert new is not None and new != old
+    assert old.value.rsplit(".", 1)[-1] not in done.stdout + done.stderr
+    assert new.value.rsplit(".", 1)[-1] not in done.stdout + done.stderr
+    assert whoami_status(token_api, new) == 200
+    # Revoked with its Secret; the API server caches a token it accepted for up to 10 s.
+    wait_until(lambda: whoami_status(token_api, old) == 401, 20, "the old token refused")
+
+    obj = kube.get("AppIdentity", namespace, "rotated") or {}
+    asked = obj["metadata"]["annotations"]["appidentity.dev/rotate"]
+    assert obj["status"]["token"]["rotation"] == asked
+    events = {e["reason"]: e["message"] for e in events_for(kube, namespace, "rotated")}
+    assert asked in events["TokenRevoked"]
+    assert "new token minted (rotation requested)" in events["TokenIssued"]
+
+
+def test_a_token_secret_deleted_by_hand_is_said_so_when_its_token_is_minted_again(
+    kube: Kube, namespace: str
+) -> None:
+    create(kube, identity("deleted", namespace, rules=[READ_CONFIGMAPS]))
+    wait_ready(kube, namespace, "deleted")
+    kube.delete("Secret", namespace, "deleted-token")
+
+    def reissued() -> str:
+        events = {e["reason"]: e["message"] for e in events_for(kube, namespace, "deleted")}
+        return events.get("TokenIssued", "")
+
+    message = wait_until(reissued, 60, "a TokenIssued Event")
+    assert "the token Secret was deleted or emptied, revoking its token" in message

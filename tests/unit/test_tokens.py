@@ -102,7 +102,7 @@ def test_secret_without_token_needs_a_mint(
 ) -> None:
     identity = make_identity()
     secret = {**minted_secret(identity), "data": data}
-    assert why_mint(identity, secret, "sa-1", ISSUED) == "no token issued yet"
+    assert why_mint(identity, secret, "sa-1", ISSUED) == "the token Secret holds no token"
 
 
 @pytest.mark.parametrize(

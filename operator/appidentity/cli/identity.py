@@ -1,11 +1,12 @@
-"""Commands about one identity in a cluster: its kubeconfig, and its self-check run on demand
-with the token in its Secret (`check`), every check printed."""
+"""Commands about one identity in a cluster: its kubeconfig, its self-check run on demand with
+the token in its Secret (`check`, every check printed), and a rotation of its token (`rotate`)."""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import sys
+import time
 from typing import Any
 
 from .. import KIND
@@ -98,6 +99,42 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _cmd_rotate(args: argparse.Namespace) -> int:
+    """Asks for a rotation through an annotation the operator watches, then waits for the new
+    token's proof: the old token is revoked (its Secret deleted) before the new one is minted."""
+    from ..kube import path_for
+    from ..model import utcnow
+    from ..tokens import ROTATE_ANNOTATION
+
+    ns = namespace(args)
+    kube, _body = _load_identity(args.name, ns, args.kubeconfig)
+    asked = utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    kube.request(
+        "PATCH",
+        path_for(KIND, ns, args.name),
+        body={"metadata": {"annotations": {ROTATE_ANNOTATION: asked}}},
+        content_type="application/merge-patch+json",
+    )
+    print(f"rotation requested: {ROTATE_ANNOTATION}={asked}")
+    if args.timeout <= 0:
+        return EXIT_OK
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        status = (kube.get(KIND, ns, args.name) or {}).get("status") or {}
+        token = status.get("token") or {}
+        verified: dict[str, Any] = next(
+            (c for c in status.get("conditions", []) if c.get("type") == "AccessVerified"), {}
+        )
+        if token.get("rotation") == asked and verified.get("status") in ("True", "False"):
+            print("old token revoked: its Secret is deleted (refused within about 10 s)")
+            print(f"new token valid until {token.get('expiresAt', '-')}")
+            print(f"AccessVerified {verified['status']}: {verified.get('message', '')}")
+            return EXIT_OK if verified["status"] == "True" else EXIT_FAILED
+        time.sleep(0.5)
+    print(f"error: no proven new token within {args.timeout:.0f}s", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def add_parsers(sub: Any) -> None:
     for name, func, text in (
         ("kubeconfig", _cmd_kubeconfig, "print an identity's kubeconfig"),
@@ -110,3 +147,16 @@ def add_parsers(sub: Any) -> None:
         if name == "check":
             add_operator_namespace(c)
         c.set_defaults(func=func)
+    rotate = sub.add_parser(
+        "rotate", help="revoke an identity's token and have the operator mint and prove a new one"
+    )
+    rotate.add_argument("name")
+    rotate.add_argument("--namespace", "-n", help="default: the kubeconfig context's namespace")
+    rotate.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the new token's proof (0: do not wait)",
+    )
+    add_kubeconfig(rotate)
+    rotate.set_defaults(func=_cmd_rotate)

@@ -55,4 +55,7 @@ def _token_status(
     old_token = previous.get("token") or {}
     extra = token_extra or {k: old_token[k] for k in ("issuer", "keyID") if k in old_token}
     out.update(extra)
+    rotation = token.rotation or old_token.get("rotation")
+    if rotation:
+        out["rotation"] = rotation
     return out

@@ -149,6 +149,7 @@ class TokenState:
     refresh_at: datetime | None = None
     issued: bool = False  # a new token was minted in this reconcile
     why: str = ""
+    rotation: str = ""  # the `kubectl appid rotate` request this token answers, once done
 
 
 @dataclass

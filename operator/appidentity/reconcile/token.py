@@ -22,26 +22,38 @@ def token_phase(
     rt: Runtime, case: Case, sa: Mapping[str, Any], secret: dict[str, Any] | None, mem: Memory
 ) -> TokenState:
     """Outside the schedule: the Secret deleted (revoking its token). Inside: a valid token,
-    minted or kept; a new one is due for a proof."""
+    minted or kept; a new one is due for a proof. A rotation asked for (`kubectl appid rotate`)
+    revokes the current token first, by deleting its Secret."""
     identity = case.identity
     if not case.active:
         if _revoke(rt, identity, secret):
-            why = "outside the schedule window: token Secret deleted"
-            case.events.append(Event("Normal", "TokenRevoked", why))
+            gone = "outside the schedule window: token Secret deleted"
+            case.events.append(Event("Normal", "TokenRevoked", gone))
         message = schedule_message(identity, case.now)
         return TokenState(st.Condition(st.TOKEN_ISSUED, False, "ScheduleInactive", message))
+    rotation = tokens.rotation_requested(case.body)
+    had_token = bool((case.previous.get("token") or {}).get("expiresAt"))
+    why: str | None = None
+    if rotation:
+        if _revoke(rt, identity, secret):
+            done = f"token revoked on request ({tokens.ROTATE_ANNOTATION}: {rotation})"
+            case.events.append(Event("Normal", "TokenRevoked", done))
+        secret, why = None, "rotation requested"
+    elif had_token and tokens.secret_token(secret) is None:
+        why = "the token Secret was deleted or emptied, revoking its token"
     token = (
-        _bound_token(rt, identity, sa, secret, case.now)
+        _bound_token(rt, identity, sa, secret, case.now, why)
         if identity.spec.token.type == "Bound"
         else _legacy_token(rt, identity, secret)
     )
+    token.rotation = rotation or ""
     if token.issued:
         mem.verify_soon = True
         # The first token of an identity is part of its provisioning, which its first outcome
         # Event reports; later ones (rotation, repair) get an Event of their own.
-        if (case.previous.get("token") or {}).get("expiresAt"):
-            why = f"new token minted ({token.why}), valid until {token.expires_at}"
-            case.events.append(Event("Normal", "TokenIssued", why))
+        if had_token:
+            what = f"new token minted ({token.why}), valid until {token.expires_at}"
+            case.events.append(Event("Normal", "TokenIssued", what))
     return token
 
 
@@ -71,11 +83,13 @@ def _bound_token(
     sa: Mapping[str, Any],
     secret: dict[str, Any] | None,
     now: datetime,
+    why: str | None,
 ) -> TokenState:
-    if secret is None:  # it vanished since this reconcile created or read it
+    """Kept while valid; else minted, for `why` when the caller knows what happened."""
+    if secret is None:  # revoked now, or it vanished since this reconcile created or read it
         secret = rt.kube.apply(build.token_secret(identity))
     sa_uid = sa["metadata"]["uid"]
-    why = tokens.why_mint(identity, secret, sa_uid, now)
+    why = why or tokens.why_mint(identity, secret, sa_uid, now)
     if why is None and not build.is_subset(build.token_secret(identity), secret):
         # Re-applying the Secret means re-stating its token; a fresh one is the clean way.
         why = "the token Secret was modified"
