@@ -21,6 +21,8 @@ from support import (
     create,
     events_for,
     identity,
+    merge_patch,
+    secret_token,
     wait_ready,
     wait_reason,
     wait_until,
@@ -121,6 +123,34 @@ def test_rolebinding_granting_secrets_is_reported_as_excess_and_its_removal_rest
 
     kube.delete("RoleBinding", namespace, "leaky")
     wait_ready(kube, namespace, "guarded", timeout=45)
+
+
+def test_a_token_the_api_server_refuses_is_token_rejected_and_stalled_until_rotated(
+    kube: Kube, cluster: Cluster, namespace: str
+) -> None:
+    """A Legacy token (never minted again by time) replaced in its Secret by one whose
+    signature does not verify: the API server refuses it, and that is a verdict, not a retry."""
+    name = "refused"
+    create(kube, identity(name, namespace, rules=[READ_PODS], token={"type": "Legacy"}))
+    wait_ready(kube, namespace, name)
+    real = secret_token(kube, namespace, f"{name}-token")
+    assert real is not None
+    head, claims, signature = real.value.split(".")
+    forged = ".".join([head, claims, signature[::-1]])
+    encoded = base64.b64encode(forged.encode()).decode()
+    merge_patch(kube, "Secret", namespace, f"{name}-token", {"data": {"token": encoded}})
+    # Secrets are not watched: a new generation makes the next reconcile read it at once.
+    patch = {"spec": {"verification": {"intervalSeconds": 900}}}
+    merge_patch(kube, "AppIdentity", namespace, name, patch)
+
+    obj = wait_reason(kube, namespace, name, "TokenRejected", type_="AccessVerified")
+    assert "the token was refused: HTTP 401" in condition(obj, "AccessVerified")["message"]
+    assert condition(obj, "Stalled")["reason"] == "TokenRejected"
+    assert "Reconciling" not in {c["type"] for c in obj["status"]["conditions"]}
+
+    rotated = run_cli(cluster, "rotate", name, "-n", namespace)  # the remedy
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    assert condition(wait_ready(kube, namespace, name), "AccessVerified")["status"] == "True"
 
 
 @pytest.fixture
