@@ -21,6 +21,7 @@ from . import desired as build
 from . import escalation as esc
 from . import status as st
 from . import tokens
+from .discovery import Discovery, DiscoveryCache
 from .kube import ApiError, Kube
 from .model import (
     IDENTITY_LABEL,
@@ -59,6 +60,7 @@ ESCALATION_REFUSED = "EscalationRefused"
 JUDGING = "VerifyingRequester"  # a refusal being asked again once before it is reported
 JUDGE_FIRST_RETRY = 2.0
 JUDGE_AGAIN = 15.0  # seconds until a refused requester is asked about again
+UNKNOWN_RULE_AGAIN = 60.0  # a rule naming what the cluster lacks: its CRD may be on its way
 
 
 @dataclass
@@ -79,6 +81,10 @@ class Runtime:
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
     # The watch (event loop) and reconciles (worker threads) both write `children`.
     _children_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    discovery: DiscoveryCache = field(init=False, repr=False)  # read at its first use
+
+    def __post_init__(self) -> None:
+        self.discovery = DiscoveryCache(lambda: Discovery.from_aggregated(*self.kube.discovery()))
 
     def remember_child(
         self, key: tuple[str, str, str], obj: Mapping[str, Any], matches: dict[str, Any] | None
@@ -677,10 +683,14 @@ def _gather(rt: Runtime, body: Mapping[str, Any], now: datetime) -> Case:
 
 
 def _judge(rt: Runtime, case: Case, mem: Memory) -> None:
-    """The operator-wide policy, then the requester's own rights (escalation.py)."""
+    """The operator-wide policy, the cluster's discovery (a rule must name what it serves),
+    then the requester's own rights (escalation.py)."""
     violations = check(case.identity, rt.policy)
     if violations:
         raise Stop("; ".join(str(v) for v in violations), "PolicyViolation")
+    unknown = rt.discovery.judge(case.identity, rt.policy.extra_verbs)
+    if unknown:
+        raise Stop("; ".join(map(str, unknown)), "UnknownRule", retry_in=UNKNOWN_RULE_AGAIN)
     annotations = case.body.get("metadata", {}).get("annotations") or {}
     stamp = annotations.get(esc.REQUESTER_ANNOTATION)
     verdict = (case.identity.generation, stamp)
