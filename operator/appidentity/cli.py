@@ -145,8 +145,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     kube, body = _load_identity(args.name, _namespace(args), args.kubeconfig)
     identity = parse_identity(body)
     rt = Runtime(
-        kube=kube, policy=load_policy(None), baseline=Baseline(kube, args.operator_namespace)
+        kube=kube, policy=load_policy(args.policy), baseline=Baseline(kube, args.operator_namespace)
     )
+    unknown = rt.discovery.judge(identity, rt.policy.extra_verbs)
+    for finding in unknown:
+        print(f"UNKNOWN   {finding}")
+    if unknown:
+        print("summary   the spec names what this cluster does not serve -> NOT VERIFIED")
+        return EXIT_FAILED
     token, audiences = stored_token(rt, identity)
     if token is None:
         raise LookupError(f"no token in Secret {identity.namespace}/{identity.secret_name}")
@@ -536,6 +542,7 @@ def parser(prog: str = "appidentity-operator") -> argparse.ArgumentParser:
             default=os.environ.get("POD_NAMESPACE", "appidentity-system"),
             help="namespace of the operator's baseline ServiceAccount",
         )
+    sub.choices["check"].add_argument("--policy", type=Path, help="operator policy (extraVerbs)")
     return p
 
 
