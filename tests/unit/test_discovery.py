@@ -4,12 +4,18 @@ wildcards, custom resources and RBAC's special verbs stay valid."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from appidentity.discovery import Discovery, DiscoveryCache, Finding, judge
+from appidentity.model import parse_identity
+from appidentity.policy import Policy
+from appidentity.reconcile import UNKNOWN_RULE_AGAIN, Case, Memory, Stop, _judge
+from appidentity.status import STALLED_REASONS
 
-from .conftest import IdentityFactory
+from .conftest import BodyFactory, IdentityFactory
 
 CRUD = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
@@ -285,3 +291,21 @@ def test_the_cache_keeps_its_snapshot_when_a_read_fails(make_identity: IdentityF
 
 def test_finding_text() -> None:
     assert str(Finding("spec.rules[0].verbs[0]", "x")) == "spec.rules[0].verbs[0]: x"
+
+
+# --- the operator's judge phase ---------------------------------------------------------------
+
+
+def test_the_judge_phase_stops_a_dead_grant_before_the_requester_is_asked(
+    body: BodyFactory,
+) -> None:
+    """Refused before any write or review, Stalled for a human (or a CRD), asked again later."""
+    doc = body({"rules": [rule([""], ["pod"], ["get"])]})
+    case = Case(doc, parse_identity(doc), {}, datetime.now(UTC), True, set(), None)  # type: ignore[arg-type]
+    runtime = SimpleNamespace(policy=Policy(), discovery=DiscoveryCache(lambda: CLUSTER))
+    with pytest.raises(Stop) as stopped:
+        _judge(runtime, case, Memory())  # type: ignore[arg-type]
+    assert stopped.value.reason == "UnknownRule"
+    assert "UnknownRule" in STALLED_REASONS
+    assert stopped.value.message.startswith('spec.rules[0].resources[0]: "pod" is not')
+    assert stopped.value.retry_in == UNKNOWN_RULE_AGAIN
