@@ -10,13 +10,24 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from appidentity.discovery import Discovery, judge
 from appidentity.kube import ApiError, Kube
 from appidentity.model import parse_identity
-from support import Cluster, condition, create, events_for, identity, wait_ready, wait_reason
+from support import (
+    TEST_POLICY_FILE,
+    Cluster,
+    Operator,
+    condition,
+    create,
+    events_for,
+    identity,
+    wait_ready,
+    wait_reason,
+)
 
 PODS = {"apiGroups": [""], "resources": ["pods"]}
 
@@ -204,3 +215,42 @@ def test_special_verbs_and_resources_no_api_serves_pass_against_the_real_discove
     body = identity("special", "default", clusterRules=rules)
     body["metadata"]["uid"] = "u"
     assert judge(disc, parse_identity(body)) == []
+
+
+@pytest.fixture
+def impersonation_allowed(
+    cluster: Cluster, operator: Operator, tmp_path: Path
+) -> Iterator[Operator]:
+    """The suite's operator, restarted with a policy that forbids escalate and bind only."""
+    if not isinstance(operator, Operator):
+        pytest.skip("the policy of an operator not started by the suite is not the test's")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(TEST_POLICY_FILE.read_text() + "forbiddenVerbs: [escalate, bind]\n")
+    allowing = Operator(cluster, tmp_path, tmp_path / "operator.log", policy=policy)
+    operator.stop()
+    allowing.start()
+    try:
+        yield allowing
+    finally:
+        allowing.stop()
+        operator.start()
+
+
+def test_special_verbs_are_granted_and_verified_where_the_policy_allows_them(
+    kube: Kube, namespace: str, impersonation_allowed: Operator
+) -> None:
+    rules = [
+        {
+            "apiGroups": [""],
+            "resources": ["serviceaccounts"],
+            "verbs": ["impersonate"],
+            "resourceNames": ["deployer"],
+        },
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["use"]},
+    ]
+    create(kube, identity("impersonator", namespace, rules=rules))
+    obj = wait_ready(kube, namespace, "impersonator")
+    assert obj["status"]["verification"]["failed"] == []
+    role = kube.get("Role", namespace, "impersonator")
+    assert role is not None
+    assert {v for r in role["rules"] for v in r["verbs"]} == {"impersonate", "use"}
