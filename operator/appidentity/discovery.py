@@ -213,8 +213,15 @@ class _Served:
     verbs: frozenset[str] | None
 
 
+def _groups_text(groups: list[Group], every: bool) -> str:
+    if every:
+        return "any API group"
+    names = ", ".join(_group_text(g.name) for g in groups)
+    return f"the API group{'s' if len(groups) > 1 else ''} {names}"
+
+
 def _judge_resource(
-    disc: Discovery, groups: list[Group], resource: str, field_name: str
+    disc: Discovery, groups: list[Group], every: bool, resource: str, field_name: str
 ) -> tuple[list[_Served], Finding | None]:
     base, slash, sub = resource.partition("/")
     if resource == "*":
@@ -229,9 +236,8 @@ def _judge_resource(
         ]
         if found or any(g.stale for g in groups):
             return found, None
-        return [], Finding(
-            field_name, f'no resource of the rule\'s groups has a subresource "{sub}"'
-        )
+        where = _groups_text(groups, every)
+        return [], Finding(field_name, f'no resource of {where} has a subresource "{sub}"')
     if "*" in resource:
         return [], Finding(
             field_name,
@@ -242,8 +248,7 @@ def _judge_resource(
     if not owners:
         if any(g.stale for g in groups):
             return [], None
-        where = ", ".join(_group_text(g.name) for g in groups) if len(groups) < 4 else "any"
-        message = f'"{base}" is not a resource of the API group {where}'
+        message = f'"{base}" is not a resource of {_groups_text(groups, every)}'
         elsewhere = [n for n in disc.groups_with(base) if n not in {g.name for g in groups}]
         if elsewhere:
             message += f"; it is in {', '.join(_group_text(n) for n in elsewhere)}"
@@ -274,21 +279,21 @@ def _judge_rule(
     if rule.non_resource_urls:
         return  # URLs are not in discovery
     groups: list[Group] = []
+    every = "*" in rule.api_groups
     for i, name in enumerate(rule.api_groups):
-        if name == "*":
-            groups = list(disc.groups.values())
-            break
         if name in disc.groups:
             groups.append(disc.groups[name])
-        else:
+        elif name != "*":
             message = f'"{name}" is not an API group this cluster serves'
             yield Finding(f"{where}.apiGroups[{i}]", message + _suggest(name, disc.groups))
+    if every:
+        groups = list(disc.groups.values())
     if not groups:
         return  # nothing to look resources up in: said above
     served: list[_Served] = []
     unsure = False
     for i, resource in enumerate(rule.resources):
-        found, finding = _judge_resource(disc, groups, resource, f"{where}.resources[{i}]")
+        found, finding = _judge_resource(disc, groups, every, resource, f"{where}.resources[{i}]")
         unsure |= not found  # a wildcard, a stale group, or a finding of its own
         served += found
         if finding:

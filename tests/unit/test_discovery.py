@@ -119,6 +119,19 @@ def test_a_misspelt_resource_gets_a_suggestion(make_identity: IdentityFactory) -
     ]
 
 
+def test_the_groups_searched_are_named(make_identity: IdentityFactory) -> None:
+    assert findings(make_identity, rule(["", "apps"], ["widgets"], ["get"])) == [
+        'spec.rules[0].resources[0]: "widgets" is not a resource of the API groups "" (core), '
+        '"apps"'
+    ]
+    assert findings(make_identity, rule(["aps", "*"], ["podz"], ["get"])) == [
+        'spec.rules[0].apiGroups[0]: "aps" is not an API group this cluster serves; '
+        'did you mean "apps"?',
+        'spec.rules[0].resources[0]: "podz" is not a resource of any API group; '
+        'did you mean "pods"?',
+    ]
+
+
 def test_a_resource_of_another_group_says_which(make_identity: IdentityFactory) -> None:
     assert findings(make_identity, rule([""], ["deployments"], ["get"])) == [
         'spec.rules[0].resources[0]: "deployments" is not a resource of the API group "" (core); '
@@ -167,7 +180,7 @@ def test_a_wildcard_rbac_does_not_match_is_refused(make_identity: IdentityFactor
     assert found == [
         'spec.rules[0].resources[0]: "pods/*" matches nothing: RBAC takes "*" only as a whole '
         'resource or as "*/<subresource>"',
-        'spec.rules[1].resources[0]: no resource of the rule\'s groups has a subresource "logs"',
+        'spec.rules[1].resources[0]: no resource of the API group "apps" has a subresource "logs"',
     ]
 
 
