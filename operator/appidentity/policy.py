@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from .discovery import KNOWN_VERBS
 from .model import Identity, Rule
 
 
@@ -42,6 +43,8 @@ class Policy(_Model):
 
     allow_wildcards: bool = False
     forbidden_verbs: list[str] = Field(default_factory=lambda: ["escalate", "bind", "impersonate"])
+    # Verbs beyond Kubernetes' own (KNOWN_VERBS) that an aggregated API's authorizer asks about.
+    extra_verbs: list[str] = Field(default_factory=list)
     forbidden_resources: list[str] = Field(
         default_factory=lambda: [
             "serviceaccounts/token",
@@ -92,6 +95,20 @@ class Violation:
         return f"{self.field}: {self.message} (policy: {self.rule})"
 
 
+UNKNOWN_VERB = f"is neither a Kubernetes verb ({', '.join(KNOWN_VERBS)}) nor one of extraVerbs"
+
+
+def _unknown_verbs(rule: Rule, field: str, policy: Policy) -> Iterator[Violation]:
+    """A verb no authorizer is asked about grants nothing (RBAC stores any string). Known
+    without the cluster, so refused at admission too; quoted as the admission policy's CEL
+    quotes, so both judges word it alike."""
+    if rule.non_resource_urls:
+        return  # HTTP verbs (get, post, put, ...), out of this check
+    for i, verb in enumerate(rule.verbs):
+        if verb != "*" and verb not in KNOWN_VERBS and verb not in policy.extra_verbs:
+            yield Violation("extraVerbs", f"{field}.verbs[{i}]", f"'{verb}' {UNKNOWN_VERB}")
+
+
 def _rule_violations(rule: Rule, field: str, policy: Policy) -> Iterator[Violation]:
     if not policy.allow_wildcards:
         for key, values in (
@@ -102,6 +119,7 @@ def _rule_violations(rule: Rule, field: str, policy: Policy) -> Iterator[Violati
         ):
             if any("*" in v for v in values):
                 yield Violation("allowWildcards", f"{field}.{key}", "wildcards are not allowed")
+    yield from _unknown_verbs(rule, field, policy)
     for verb in rule.verbs:
         if verb in policy.forbidden_verbs:
             yield Violation("forbiddenVerbs", f"{field}.verbs", f"verb {verb!r} is forbidden")

@@ -37,6 +37,7 @@ ADMISSION_PARAMETERS: dict[str, tuple[str, ...]] = {
     "maxExpirationSeconds": ("token", "maxExpirationSeconds"),
     "allowLegacy": ("token", "allowLegacy"),
     "forbiddenVerbs": ("forbiddenVerbs",),
+    "extraVerbs": ("extraVerbs",),
     "forbiddenResources": ("forbiddenResources",),
 }
 

@@ -33,6 +33,7 @@ STALLED_REASONS = frozenset(
     {
         "InvalidSpec",
         "PolicyViolation",
+        "UnknownRule",
         "EscalationRefused",
         "Conflict",
         "ConsentMissing",

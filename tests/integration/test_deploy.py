@@ -748,6 +748,24 @@ CASES = [
         {"namespaces": [{"name": "other", "rules": [rule([RBAC], ["clusterroles"], ["bind"])]}]},
         "spec.namespaces[0].rules[0].verbs: verb 'bind' is forbidden (policy: forbiddenVerbs)",
     ),
+    # verbs Kubernetes does not know grant nothing (issue 24); special ones stay valid
+    Case(
+        "unknown-verb",
+        {"rules": [rule([""], ["pods"], ["get", "gett"])]},
+        "spec.rules[0].verbs[1]: 'gett' is neither a Kubernetes verb (get, list, watch, create,"
+        " update, patch, delete, deletecollection, use, bind, escalate, impersonate, approve,"
+        " sign, attest) nor one of extraVerbs (policy: extraVerbs)",
+    ),
+    Case(
+        "unknown-verb-in-cluster-rule",
+        {"clusterRules": [rule([""], ["nodes"], ["lst"])]},
+        "spec.clusterRules[0].verbs[0]: 'lst' is neither a Kubernetes verb",
+    ),
+    Case(
+        "special-verbs",
+        {"rules": [rule(["certificates.k8s.io"], ["signers"], ["approve", "sign", "use"])]},
+        None,
+    ),
     Case(
         "pods-exec",
         {"rules": [rule([""], ["pods", "pods/exec"], ["create"])]},
@@ -879,6 +897,7 @@ NON_DEFAULT_POLICY = {
     "allowedClusterRoles": ["view", "edit"],
     "clusterRules": {"allowedNamespaces": ["team-infra"]},
     "forbiddenVerbs": ["escalate", "bind", "impersonate", "deletecollection"],
+    "extraVerbs": ["frobnicate"],
     "secrets": {"allowList": True},
     "token": {"maxExpirationSeconds": 7200, "allowLegacy": False},
 }
@@ -925,6 +944,7 @@ def test_changed_parameters_change_the_admission_policy_like_the_operator_policy
             "clusterRules": {"allowedNamespaces": [namespace]},
             "token": {"maxExpirationSeconds": 7200, "allowLegacy": False},
             "secrets": {"allowList": True},
+            "extraVerbs": ["frobnicate"],  # a custom verb of an aggregated API
         },
     )
     custom = find(docs, "ValidatingAdmissionPolicy", VAP_NAME)
@@ -947,6 +967,7 @@ def test_changed_parameters_change_the_admission_policy_like_the_operator_policy
             {"rules": [PODS], "token": {"type": "Legacy"}},
             {"rules": [PODS], "token": {"expirationSeconds": 7201}},
             {"rules": [PODS], "token": {"expirationSeconds": 7200}},
+            {"rules": [rule([""], ["pods"], ["frobnicate", "frobnicat"])]},
         ):
             doc = identity(namespace, spec)
             got = admission(cluster, doc) or []

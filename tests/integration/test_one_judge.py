@@ -49,6 +49,7 @@ GROUP, VERSION, PLURAL = "appidentity.dev", "v1alpha1", "appidentities"
 # --- values: mostly fine, some that a policy refuses ---------------------------------------
 
 VERBS = ["get", "list", "watch", "create", "update", "delete", "*", "escalate", "bind"]
+VERBS += ["gett", "use", "get*"]  # unknown to Kubernetes (extraVerbs), a special verb
 GROUPS = ["", "apps", "rbac.authorization.k8s.io", "example.com", "*"]
 RESOURCES = ["pods", "configmaps", "secrets", "pods/log", "pods/exec", "deployments", "*"]
 RESOURCES += ["serviceaccounts/token", "persistentvolumes", "nodes"]

@@ -72,20 +72,33 @@ def test_render_names_the_bad_field_and_fails() -> None:
     assert "error: a/x: spec.rules[0].verbs:" in out.stderr
 
 
-def test_render_with_policy_reports_violations() -> None:
-    wild = yaml.safe_dump(
+@pytest.mark.parametrize(
+    ("rule", "says"),
+    [
+        (
+            {"apiGroups": ["*"], "resources": ["pods"], "verbs": ["get"]},
+            "spec.rules[0].apiGroups: wildcards are not allowed (policy: allowWildcards)",
+        ),
+        # as admission refuses it: RBAC would store `gett` and grant nothing
+        (
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["gett"]},
+            "spec.rules[0].verbs[0]: 'gett' is neither a Kubernetes verb",
+        ),
+    ],
+    ids=["wildcard", "unknown-verb"],
+)
+def test_render_with_policy_reports_violations(rule: dict[str, Any], says: str) -> None:
+    doc = yaml.safe_dump(
         {
             "apiVersion": "appidentity.dev/v1alpha1",
             "kind": "AppIdentity",
             "metadata": {"name": "x", "namespace": "a"},
-            "spec": {"rules": [{"apiGroups": ["*"], "resources": ["pods"], "verbs": ["get"]}]},
+            "spec": {"rules": [rule]},
         }
     )
-    out = cli("render", "-f", "-", "--policy", "tests/policy.yaml", stdin=wild)
+    out = cli("render", "-f", "-", "--policy", "tests/policy.yaml", stdin=doc)
     assert out.returncode == 1
-    assert (
-        "spec.rules[0].apiGroups: wildcards are not allowed (policy: allowWildcards)" in out.stderr
-    )
+    assert says in out.stderr
 
 
 def test_render_without_policy_checks_the_default_policy() -> None:

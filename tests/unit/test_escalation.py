@@ -230,7 +230,10 @@ def test_an_unstamped_spec_is_refused_whatever_its_status_says(body: BodyFactory
     }
     identity = parse_identity(doc)
     case = Case(doc, identity, dict(doc["status"]), datetime.now(UTC), True, set(), None)  # type: ignore[arg-type]
-    runtime = SimpleNamespace(policy=load_policy(None))
+    # discovery finds nothing to refuse: the requester is what is judged here
+    runtime = SimpleNamespace(
+        policy=load_policy(None), discovery=SimpleNamespace(judge=lambda *_: [])
+    )
     with pytest.raises(Stop) as stopped:
         judge(runtime, case, Memory())  # type: ignore[arg-type]
     assert stopped.value.reason == "EscalationRefused"

@@ -488,3 +488,28 @@ def test_violations_come_in_spec_order(make_identity: IdentityFactory) -> None:
         "spec.clusterRules[0].verbs",
         "spec.token.type",
     ]
+
+
+# --- the verbs admission can judge without the cluster ---------------------------------------
+
+
+def test_the_policy_refuses_a_verb_kubernetes_does_not_know(make_identity: IdentityFactory) -> None:
+    identity = make_identity(
+        {"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "gett"]}]}
+    )
+    (violation,) = check(identity, Policy())
+    assert str(violation) == (
+        "spec.rules[0].verbs[1]: 'gett' is neither a Kubernetes verb (get, list, watch, create, "
+        "update, patch, delete, deletecollection, use, bind, escalate, impersonate, approve, "
+        "sign, attest) nor one of extraVerbs (policy: extraVerbs)"
+    )
+    assert check(identity, Policy(extra_verbs=["gett"])) == []
+
+
+def test_the_policy_leaves_http_verbs_of_url_rules_alone(make_identity: IdentityFactory) -> None:
+    identity = make_identity(
+        {"clusterRules": [{"nonResourceURLs": ["/healthz"], "verbs": ["post", "head"]}]},
+        namespace="ops",
+    )
+    policy = Policy.model_validate({"clusterRules": {"allowedNamespaces": ["ops"]}})
+    assert check(identity, policy) == []

@@ -7,6 +7,7 @@ import argparse
 import base64
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from .. import KIND
@@ -58,8 +59,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     kube, body = _load_identity(args.name, namespace(args), args.kubeconfig)
     identity = parse_identity(body)
     rt = Runtime(
-        kube=kube, policy=load_policy(None), baseline=Baseline(kube, args.operator_namespace)
+        kube=kube, policy=load_policy(args.policy), baseline=Baseline(kube, args.operator_namespace)
     )
+    unknown = rt.discovery.judge(identity, rt.policy.extra_verbs)
+    for finding in unknown:
+        print(f"UNKNOWN   {finding}")
+    if unknown:
+        print("summary   the spec names what this cluster does not serve -> NOT VERIFIED")
+        return EXIT_FAILED
     token, audiences = stored_token(rt, identity)
     if token is None:
         raise LookupError(f"no token in Secret {identity.namespace}/{identity.secret_name}")
@@ -146,6 +153,7 @@ def add_parsers(sub: Any) -> None:
         add_kubeconfig(c)
         if name == "check":
             add_operator_namespace(c)
+            c.add_argument("--policy", type=Path, help="operator policy (extraVerbs)")
         c.set_defaults(func=func)
     rotate = sub.add_parser(
         "rotate", help="revoke an identity's token and have the operator mint and prove a new one"

@@ -168,6 +168,16 @@ class Http:
         found[""] = "v1"
         return found
 
+    def discovery(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The aggregated discovery documents of GET /api and GET /apis (GA since 1.30; every
+        authenticated user may read them, `system:discovery`)."""
+        accept = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+        core, apis = (self.request("GET", p, accept=accept) for p in ("/api", "/apis"))
+        for doc in (core, apis):
+            if doc.get("kind") != "APIGroupDiscoveryList":
+                raise ApiError(406, "NotAcceptable", "the API server has no aggregated discovery")
+        return core, apis
+
     def try_read(self, req: Request, group_version: str) -> int:
         """Performs a real read (list with limit=1, or get by name); returns the HTTP status."""
         prefix = "/api/v1" if not req.group else f"/apis/{group_version}"

@@ -16,14 +16,19 @@ ESCALATION_REFUSED = "EscalationRefused"
 JUDGING = "VerifyingRequester"  # a refusal being asked again once before it is reported
 JUDGE_FIRST_RETRY = 2.0
 JUDGE_AGAIN = 15.0  # seconds until a refused requester is asked about again
+UNKNOWN_RULE_AGAIN = 60.0  # a rule naming what the cluster lacks: its CRD may be on its way
 
 
 def judge(rt: Runtime, case: Case, mem: Memory) -> None:
-    """Stops (PolicyViolation, EscalationRefused) when the spec may not be applied; a verdict
-    for this generation and requester is remembered, so it is asked once."""
+    """Stops (PolicyViolation; UnknownRule, a rule naming what the cluster's discovery does not
+    serve; EscalationRefused) when the spec may not be applied; a verdict for this generation
+    and requester is remembered, so it is asked once."""
     violations = check(case.identity, rt.policy)
     if violations:
         raise Stop("; ".join(str(v) for v in violations), "PolicyViolation")
+    unknown = rt.discovery.judge(case.identity, rt.policy.extra_verbs)
+    if unknown:
+        raise Stop("; ".join(map(str, unknown)), "UnknownRule", retry_in=UNKNOWN_RULE_AGAIN)
     annotations = case.body.get("metadata", {}).get("annotations") or {}
     stamp = annotations.get(esc.REQUESTER_ANNOTATION)
     verdict = (case.identity.generation, stamp)

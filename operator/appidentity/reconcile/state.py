@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import desired as build
 from .. import status as st
+from ..discovery import Discovery, DiscoveryCache
 from ..kube import Kube
 from ..model import Identity
 from ..policy import Policy
@@ -40,6 +41,10 @@ class Runtime:
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
     # The watch (event loop) and reconciles (worker threads) both write `children`.
     _children_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    discovery: DiscoveryCache = field(init=False, repr=False)  # read at its first use
+
+    def __post_init__(self) -> None:
+        self.discovery = DiscoveryCache(lambda: Discovery.from_aggregated(*self.kube.discovery()))
 
     def remember_child(
         self, key: tuple[str, str, str], obj: Mapping[str, Any], matches: dict[str, Any] | None
