@@ -83,7 +83,7 @@ echo "== starting the operator with the policy of ConfigMap appidentity-system/a
 stop_pid operator
 nohup "$operator" run --all-namespaces --policy "$state/policy.yaml" \
   --metrics-port "$metrics_port" --liveness-port "$liveness_port" \
-  --recheck-seconds 30 >"$state/operator.log" 2>&1 &
+  >"$state/operator.log" 2>&1 &
 echo $! >"$state/operator.pid"
 
 echo "== applying examples/"

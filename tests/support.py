@@ -108,6 +108,8 @@ class Operator:
     kubeconfig: Path | None = None
     policy: Path = TEST_POLICY_FILE
     proc: subprocess.Popen[bytes] | None = None
+    # Re-checks every 2 s keep the suite fast; None runs the operator on its default schedule.
+    recheck_seconds: float | None = 2
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
@@ -127,8 +129,7 @@ class Operator:
                 str(self.metrics_port),
                 "--liveness-port",
                 str(self.liveness_port),
-                "--recheck-seconds",
-                "2",
+                *(("--recheck-seconds", str(self.recheck_seconds)) if self.recheck_seconds else ()),
                 "--log-format",
                 "json",
             ],

@@ -133,6 +133,31 @@ def token_secret(
     return secret
 
 
+TOKEN_SECRET_OF = "appidentity.dev/token-secret"  # on the sentinel: the Secret it watches for
+
+
+def token_sentinel(identity: Identity, secret_uid: str) -> Manifest:
+    """An empty Role (it grants nothing, and nothing binds it) whose only owner is the token
+    Secret, so the garbage collector deletes it soon after that Secret. The operator watches
+    the Roles it manages but not Secrets (that would need list/watch on every Secret in the
+    cluster): this deletion is how it learns within seconds that the Secret, and the token
+    bound to it, are gone."""
+    meta: dict[str, Any] = {
+        "name": f"{identity.secret_name}:sentinel",
+        "namespace": identity.namespace,
+        "labels": identity.labels,
+        "annotations": {TOKEN_SECRET_OF: identity.secret_name},
+        "ownerReferences": [
+            {"apiVersion": "v1", "kind": "Secret", "name": identity.secret_name, "uid": secret_uid}
+        ],
+    }
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta}
+
+
+def sentinel_key(identity: Identity) -> tuple[str, str, str]:
+    return ("Role", identity.namespace, f"{identity.secret_name}:sentinel")
+
+
 def _subject(identity: Identity) -> dict[str, str]:
     return {
         "kind": "ServiceAccount",

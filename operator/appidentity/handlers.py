@@ -21,7 +21,7 @@ import kopf
 
 from . import FIELD_MANAGER, GROUP, PLURAL, VERSION, turns
 from . import metrics as m
-from .desired import is_subset, object_key
+from .desired import TOKEN_SECRET_OF, is_subset, object_key
 from .kube import Kube, load_configuration
 from .model import IDENTITY_LABEL, MANAGED_BY, identity_key
 from .policy import load_policy
@@ -248,11 +248,20 @@ def _child_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
             REGISTRY.poke(owner)
         return True
     what = f"{key[0]} {key[1] + '/' if key[1] else ''}{key[2]}"
+    secret = (body.get("metadata", {}).get("annotations") or {}).get(TOKEN_SECRET_OF)
+    if secret and deleted:
+        if _owner_uids(body) != _owner_uids(wanted):
+            return True  # the sentinel of a Secret the operator replaced itself (a rotation)
+        what = f"Secret {key[1]}/{secret} (and the token bound to it)"
     if deleted:
         REGISTRY.poke(owner, f"{what} was deleted", verify=True)
     elif not matches:
         REGISTRY.poke(owner, f"{what} was changed", verify=True)
     return True
+
+
+def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
+    return {str(r.get("uid")) for r in obj.get("metadata", {}).get("ownerReferences") or []}
 
 
 def _subject_keys(subjects: list[Mapping[str, Any]] | None) -> set[str]:

@@ -144,7 +144,8 @@ def test_identity_without_any_grant_is_ready_and_can_do_nothing_beyond_the_basel
     assert ver["allowedChecks"] == 0
     assert ver["deniedChecks"] >= 12  # secrets, pods, exec, bindings, escalate, bind, ...
     assert ver["failed"] == [] and ver["excess"] == []  # effective rules: the baseline only
-    assert kube.list_objects("Role", namespace) == []
+    roles = [r["metadata"]["name"] for r in kube.list_objects("Role", namespace)]
+    assert roles == ["nothing-token:sentinel"]  # no rules, never bound (test_token_signal)
     assert kube.list_objects("RoleBinding", namespace) == []
 
     token = secret_token(kube, namespace, "nothing-token")

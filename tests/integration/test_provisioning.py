@@ -257,7 +257,8 @@ def test_deleting_an_identity_removes_everything_in_every_namespace_and_cluster_
     selector = f"appidentity.dev/identity={identity_key(home, name)}"
     kinds = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
     before = {k: len(kube.list_objects(k, None, selector)) for k in kinds}
-    assert before == {"Role": 2, "RoleBinding": 3, "ClusterRole": 1, "ClusterRoleBinding": 1}
+    # Roles: home, the other namespace, and the token Secret's sentinel (test_token_signal).
+    assert before == {"Role": 3, "RoleBinding": 3, "ClusterRole": 1, "ClusterRoleBinding": 1}
 
     kube.delete("AppIdentity", home, name)
     wait_until(lambda: kube.get("AppIdentity", home, name) is None, 30, "the finalizer to finish")

@@ -38,7 +38,23 @@ def apply(rt: Runtime, case: Case, mem: Memory) -> Applied:
     wrote |= _prune_unwanted(rt, case, mem)
     sa = applied[("ServiceAccount", identity.namespace, identity.service_account)]
     token = token_phase(rt, case, sa, live[case.secret_key], mem)
+    if token.secret_uid:
+        _sentinel(rt, case, mem, token.secret_uid)
     return Applied(_provisioned(case), _grants(case), token, _base_wake(case, token), wrote)
+
+
+def _sentinel(rt: Runtime, case: Case, mem: Memory, secret_uid: str) -> None:
+    """The token Secret's sentinel (desired.token_sentinel), owned by the Secret as it is now.
+    It only speeds up noticing a deleted Secret (the re-check notices it anyway), so an object
+    of its name that is not this identity's is left alone rather than stopping the reconcile."""
+    obj = build.token_sentinel(case.identity, secret_uid)
+    key = build.object_key(obj)
+    mem.desired[key] = obj  # before the write: its watch event then matches what is wanted
+    try:
+        found = children.live(rt, case.identity, [key], {key: obj}, not st.reported(case.previous))
+        children.write(rt, case.identity, [obj], found, [])
+    except Conflict:
+        del mem.desired[key]
 
 
 def _prune_unwanted(rt: Runtime, case: Case, mem: Memory) -> bool:
@@ -48,7 +64,10 @@ def _prune_unwanted(rt: Runtime, case: Case, mem: Memory) -> bool:
         mem.pruned_for = children.already_pruned(identity, case.previous)
     if mem.pruned_for == (identity.generation, case.active):
         return False
-    removed = children.prune(rt, identity, case.want.keys() | {case.secret_key}, case.previous)
+    keep = case.want.keys() | {case.secret_key}
+    if case.active:
+        keep.add(build.sentinel_key(identity))
+    removed = children.prune(rt, identity, keep, case.previous)
     if removed:
         message = "removed what the spec no longer asks for: " + ", ".join(removed)
         case.events.append(Event("Normal", "Pruned", message))

@@ -155,6 +155,7 @@ class TokenState:
     issued: bool = False  # a new token was minted in this reconcile
     why: str = ""
     rotation: str = ""  # the `kubectl appid rotate` request this token answers, once done
+    secret_uid: str = ""  # the Secret holding it (the sentinel's owner)
 
 
 @dataclass

@@ -102,6 +102,7 @@ def _bound_token(
             audiences=audiences,
             expires_at=annotations[tokens.EXPIRES_AT],
             refresh_at=tokens.parse_time(annotations[tokens.REFRESH_AT]),
+            secret_uid=secret["metadata"]["uid"],
         )
     return _mint(rt, identity, secret, sa_uid, now, why)
 
@@ -139,6 +140,7 @@ def _mint(
         refresh_at=tokens.refresh_at(now, expires),
         issued=True,
         why=why,
+        secret_uid=secret["metadata"]["uid"],
     )
 
 
@@ -176,7 +178,8 @@ def _legacy_token(rt: Runtime, identity: Identity, secret: dict[str, Any] | None
                 False,
                 "WaitingForTokenController",
                 "waiting for the cluster's token controller to fill the Secret",
-            )
+            ),
+            secret_uid=secret["metadata"]["uid"],
         )
     return TokenState(
         st.Condition(
@@ -187,6 +190,7 @@ def _legacy_token(rt: Runtime, identity: Identity, secret: dict[str, Any] | None
         ),
         token=token,
         expires_at="never",
+        secret_uid=secret["metadata"]["uid"],
     )
 
 
