@@ -4,6 +4,7 @@ an identity with no API grant at all; and `verify-token`, the external service's
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -30,8 +31,10 @@ from support import (
     condition,
     create,
     identity,
+    merge_patch,
     secret_token,
     wait_ready,
+    wait_reason,
     whoami_status,
 )
 
@@ -116,6 +119,52 @@ def test_token_for_an_external_audience_is_verified_offline_and_access_proven_wi
     assert not JWT_SHAPE.search(json.dumps(kube.list_objects("AppIdentity", namespace)))
     secrets = kube.list_objects("Secret", namespace)
     assert [s["metadata"]["name"] for s in secrets] == ["vault-client-token"]
+
+
+def test_a_token_whose_signature_fails_is_token_signature_invalid_and_stalled(
+    kube: Kube, cluster: Cluster, namespace: str
+) -> None:
+    """A token for Vault is verified offline against the cluster's real keys: one whose
+    signature was tampered with in its Secret fails for good (Stalled), unlike keys that could
+    not be read (test_keys); `rotate` is the remedy."""
+    name = "tampered"
+    create(kube, identity(name, namespace, rules=[READ_CONFIGMAPS], token={"audiences": ["vault"]}))
+    wait_ready(kube, namespace, name)
+    real = secret_token(kube, namespace, f"{name}-token")
+    assert real is not None
+    head, claims, signature = real.value.split(".")
+    flipped = "B" if signature[10] == "A" else "A"  # a middle character: still base64url
+    forged = ".".join([head, claims, signature[:10] + flipped + signature[11:]])
+    encoded = base64.b64encode(forged.encode()).decode()
+    merge_patch(kube, "Secret", namespace, f"{name}-token", {"data": {"token": encoded}})
+    # Secrets are not watched: a new generation makes the next reconcile read it at once.
+    merge_patch(
+        kube, "AppIdentity", namespace, name, {"spec": {"verification": {"intervalSeconds": 900}}}
+    )
+
+    obj = wait_reason(kube, namespace, name, "TokenSignatureInvalid", type_="AccessVerified")
+    assert "bad signature" in condition(obj, "AccessVerified")["message"]
+    assert condition(obj, "Stalled")["reason"] == "TokenSignatureInvalid"
+
+    rotated = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appidentity",
+            "rotate",
+            name,
+            "-n",
+            namespace,
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    assert condition(wait_ready(kube, namespace, name), "AccessVerified")["status"] == "True"
 
 
 def test_token_for_vault_and_the_api_server_is_checked_with_itself(
