@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .. import KIND
+from ..usage.report import span_text
 from .common import EXIT_OK, add_kubeconfig, namespace, table
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -92,7 +93,8 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"identity   {result['identity']} ({result['serviceAccount']})",
         f"window     {window['from'] or '-'} .. {window['to'] or '-'} "
-        f"({window['judgedDays']} days judged; identity created {window['identityCreated'] or '?'})",
+        f"({span_text(window['evidenceSeconds'])} of evidence; identity created "
+        f"{window['identityCreated'] or '?'})",
         f"events     {events['read']} read ({events['bytes'] / 1e6:.1f} MB), "
         f"{events['selfCheckLeftOut']} of the operator's self-check left out",
     ]

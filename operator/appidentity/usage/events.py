@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import io
 import json
 import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from .. import SELF_CHECK_USER_AGENT
 from ..rbac import Request
@@ -57,12 +58,16 @@ class Tally:
 
 
 def open_source(path: str) -> IO[bytes]:
-    """A file or `-` (stdin), gunzipped when it starts with gzip's magic bytes."""
-    raw: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
-    head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
-    if head == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
-    return raw
+    """A file, or stdin for `-`."""
+    return sys.stdin.buffer if path == "-" else open(path, "rb")
+
+
+def decompressed(raw: IO[bytes]) -> IO[bytes]:
+    """The stream, gunzipped when it starts with gzip's magic bytes."""
+    peekable: Any = raw if hasattr(raw, "peek") else io.BufferedReader(cast(Any, raw))
+    if peekable.peek(2)[:2] == b"\x1f\x8b":
+        return cast(IO[bytes], gzip.GzipFile(fileobj=peekable))
+    return cast(IO[bytes], peekable)
 
 
 def blocks(stream: IO[bytes], tally: Tally) -> Iterator[bytes]:
@@ -129,7 +134,7 @@ def _event_list(chunks: Iterator[bytes], tally: Tally) -> Iterator[dict[str, Any
 def events_of(stream: IO[bytes], username: str, tally: Tally) -> Iterator[dict[str, Any]]:
     """The Events of one user (or made while impersonating them), whichever shape the stream
     holds; a few other Events may slip through (the name quoted in a message): check the user."""
-    chunks = blocks(stream, tally)
+    chunks = blocks(decompressed(stream), tally)
     first = next(chunks, b"")
     line = first[: first.find(b"\n")] if b"\n" in first else first
     rejoined = _prepend(first, chunks)

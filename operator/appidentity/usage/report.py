@@ -67,6 +67,13 @@ class Reader:
         into.setdefault(req, Use()).add(at)
 
 
+def span_text(seconds: float) -> str:
+    for unit, size in (("days", 86_400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} seconds"
+
+
 def _window(tally: Tally, created: str, evidence: Evidence) -> tuple[dict[str, Any], bool]:
     first, last = parse_time(tally.first), parse_time(tally.last)
     born = parse_time(created)
@@ -77,16 +84,16 @@ def _window(tally: Tally, created: str, evidence: Evidence) -> tuple[dict[str, A
     if not judged:
         younger = born is not None and first is not None and born > first
         why = (
-            f"the evidence covers {span / 86_400:.2f} days"
+            f"the evidence covers {span_text(span)}"
             + (" (the identity is younger than the log)" if younger else "")
-            + f", less than --min-window ({evidence.min_window_seconds / 86_400:g} days):"
+            + f", less than --min-window ({span_text(evidence.min_window_seconds)}):"
             " nothing is called unused and no spec is proposed (--force to judge anyway)"
         )
     window = {
         "from": tally.first,
         "to": tally.last,
         "identityCreated": created,
-        "judgedDays": round(span / 86_400, 3),
+        "evidenceSeconds": round(span),
         "judged": judged,
         "reason": why,
     }
