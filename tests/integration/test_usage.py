@@ -109,6 +109,8 @@ def test_usage_reports_unused_and_denied_and_proposes_what_was_used(
     assert pods["field"] == "spec.rules[1]" and pods["verdict"] == "unused"
     (secret,) = report["denied"]
     assert secret["request"] == secret_get
+    assert secret["add"]["append"] == secret["add"]["rule"]
+    del secret["add"]["append"]
     assert secret["add"] == {
         "field": "spec.rules",
         "rule": {

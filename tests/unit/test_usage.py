@@ -106,6 +106,7 @@ def test_denied_requests_name_the_rule_and_the_policys_verdict() -> None:
     assert "grants this already (spec.rules[1])" in denied["list pods in t1"]["note"]
     other = denied["list configmaps in default"]
     assert other["add"]["field"] == "spec.namespaces" and "must consent" in other["note"]
+    assert other["add"]["append"] == {"name": "default", "rules": [other["add"]["rule"]]}
     cluster = denied["list namespaces cluster-wide"]
     assert cluster["add"]["field"] == "spec.clusterRules"
     assert cluster["policy"].startswith("refused: spec.clusterRules")

@@ -119,8 +119,8 @@ def render(result: dict[str, Any]) -> str:
     if result["denied"]:
         rows = [("DENIED", "COUNT", "LAST SEEN", "WOULD BE ALLOWED BY", "POLICY")]
         for d in result["denied"]:
-            rule = d["add"]["rule"]
-            allow = f"{d['add']['field']} += {json.dumps(rule, separators=(',', ':'))}"
+            add = d["add"]
+            allow = f"{add['field']} += {json.dumps(add['append'], separators=(',', ':'))}"
             rows.append((d["request"], str(d["count"]), d["lastSeen"], allow, d["policy"]))
         lines += ["", table(rows)]
         lines += [f"note: {d['request']}: {d['note']}" for d in result["denied"] if d["note"]]

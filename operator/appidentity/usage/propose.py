@@ -172,7 +172,7 @@ def suggestion(
         "count": use.count,
         "firstSeen": use.first,
         "lastSeen": use.last,
-        "add": {"field": where, "rule": rule},
+        "add": {"field": where, "rule": rule, "append": placed[next(iter(placed))][0]},
         "policy": _verdict(meta, placed, policy),
         "note": note,
     }
