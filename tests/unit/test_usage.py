@@ -54,6 +54,14 @@ def test_json_lines_gzip_and_event_lists_give_the_same_report() -> None:
     assert plain["events"]["read"] == len(LINES)
 
 
+def test_a_line_cut_short_is_counted_not_fatal() -> None:
+    needle = b'"system:serviceaccount:t1:app"'
+    own = next(line for line in LINES if needle in line)
+    report = run(b"\n".join([*LINES, own[: own.index(needle) + 60]]))
+    assert report["events"]["unreadableLines"] == 1
+    assert report["entries"] == run(FIXTURE.read_bytes())["entries"]
+
+
 def test_a_request_audited_at_start_and_completion_counts_once() -> None:
     report = run(FIXTURE.read_bytes())
     configmaps = report["entries"][0]

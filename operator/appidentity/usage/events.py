@@ -47,6 +47,7 @@ class Tally:
     first: str = ""
     last: str = ""
     size: int = 0
+    unreadable: int = 0
     sources: list[str] = field(default_factory=list)
 
     def stamp(self, stamps: list[bytes]) -> None:
@@ -96,7 +97,11 @@ def _block_lines(body: bytes, needle: bytes, tally: Tally) -> Iterator[dict[str,
     while pos >= 0:
         start = body.rfind(b"\n", 0, pos) + 1
         end = body.find(b"\n", pos)
-        event = json.loads(body[start:end])
+        try:
+            event = json.loads(body[start:end])
+        except ValueError:  # a line cut short (a live log's last, a truncated copy)
+            tally.unreadable += 1
+            event = None
         if isinstance(event, dict):
             yield event
         pos = body.find(needle, end)

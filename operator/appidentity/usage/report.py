@@ -137,6 +137,7 @@ def report(
             "sources": reader.tally.sources,
             "selfCheckLeftOut": reader.self_checks,
             "shapesNotKept": reader.overflow,
+            "unreadableLines": reader.tally.unreadable,
         },
         "entries": [_entry(e, judged) for e in reader.entries],
         "denied": [
