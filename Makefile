@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PY_DIRS := $(wildcard operator tests bench)
 
 .PHONY: help deps system-deps venv control-plane kstatus cluster cluster-down install run demo demo-down \
-        test test-versions control-plane-window control-plane-oldest unit integration lint fmt render install.yaml bench chaos judge e2e-kind helm image
+        test test-versions control-plane-window control-plane-oldest unit integration lint fmt render install.yaml bench bench-usage chaos judge e2e-kind helm image
 
 help: ## this list
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -128,6 +128,9 @@ install.yaml: control-plane venv ## regenerate deploy/install.yaml, deploy/webho
 N ?= 1,100,1000
 bench: deps ## time to Ready, API requests, memory, restart; vs kubectl and a plain client (N=1,100,1000)
 	$(PY) bench/run.py --n $(N)
+
+bench-usage: venv ## `usage` on a generated >= 1 GB audit log and a tenth of it: time, MB/s, peak RSS (bench/usage.py)
+	$(PY) bench/usage.py
 
 chaos: deps ## the fault suite in full: 50 identities, 20 SIGKILLs, 10 repairs per kind
 	APPID_CHAOS_IDENTITIES=50 APPID_CHAOS_KILLS=20 APPID_CHAOS_REPEATS=10 \

@@ -3,6 +3,8 @@
 # running as detached local processes, for the integration tests and for manual work.
 #
 #   hack/cluster.sh up     [STATE_DIR]  start (or reuse) it; last line: export KUBECONFIG=...
+#                                       (the audit log of ServiceAccounts' requests is
+#                                       STATE_DIR/logs/audit.log; `up` prints it on stderr)
 #   hack/cluster.sh down   [STATE_DIR]  stop it and remove STATE_DIR
 #   hack/cluster.sh status [STATE_DIR]  exit 0 when it is running and ready
 #   hack/cluster.sh restart-apiserver [STATE_DIR]
@@ -235,6 +237,30 @@ start_etcd() {
   wait_for etcd "etcd health at $etcd_url" etcd_healthy "$etcd_url"
 }
 
+# The audit policy: what every ServiceAccount does (the usage report's evidence), at Metadata
+# level (who, verb, object, response code, user agent; never a request or response body, so
+# never a token), each request once (ResponseComplete or Panic; RequestReceived is omitted).
+# Users who are not ServiceAccounts (the admin, the control plane's components) are not audited.
+write_audit_policy() {
+  cat >"$state/audit-policy.yaml" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  userGroups: ["system:serviceaccounts"]
+- level: None
+EOF
+}
+
+# The audit log and its rotation: 100 MB a file, the newest 5 rotated ones kept for at most 7
+# days. `usage` reads the rotated files as well as the live one. A test run writes a few MB.
+audit_flags() {
+  echo --audit-policy-file="$state/audit-policy.yaml" \
+    --audit-log-path="$state/logs/audit.log" --audit-log-format=json \
+    --audit-log-maxsize=100 --audit-log-maxbackup=5 --audit-log-maxage=7
+}
+
 # With a port argument the API server comes back where it was: same issuer, same kubeconfigs.
 start_apiserver() {
   local port=${1:-} pki="$state/pki"
@@ -243,7 +269,9 @@ start_apiserver() {
   echo "$url" >"$state/apiserver.url"
   write_kubeconfig "$state/admin.kubeconfig" admin "$url"
   write_kubeconfig "$state/controller-manager.kubeconfig" controller-manager "$url"
-  start_detached kube-apiserver \
+  write_audit_policy
+  # shellcheck disable=SC2046 # audit_flags' words hold no spaces (paths in the state dir)
+  start_detached kube-apiserver $(audit_flags) \
     --etcd-servers="$etcd_url" \
     --bind-address=127.0.0.1 --secure-port="$port" \
     --advertise-address="$ADVERTISE_ADDRESS" --endpoint-reconciler-type=none \
@@ -300,6 +328,7 @@ cmd_up() {
     start_controller_manager
     log "Kubernetes v$K8S_VERSION ready at $(apiserver_url) (logs: $state/logs)"
   fi
+  log "audit log (ServiceAccounts' requests, Metadata level): $state/logs/audit.log"
   echo "export KUBECONFIG=$state/admin.kubeconfig"
 }
 

@@ -2,7 +2,8 @@
 # `make demo`: a local control plane (unless KUBECONFIG names a cluster), what deploy/ installs
 # but for the operator's Deployment (the CRD, RBAC, policy ConfigMap, admission policies and the
 # requester recording), the operator as a local process with that ConfigMap's policy, the
-# examples, their verified status, and a forbidden grant refused at admission. The last line is
+# examples, their verified status, a forbidden grant refused at admission, and an identity's
+# usage report from the API server's audit log (issue 21). The last line is
 # the `export PATH=... KUBECONFIG=...` that makes the README's commands work as written.
 # `hack/demo.sh down` undoes it.
 set -euo pipefail
@@ -34,6 +35,42 @@ if [ "${1:-up}" = down ]; then
   echo "demo stopped"
   exit 0
 fi
+
+# Issue 21: an application that uses part of its grant and is denied once, and what `usage`
+# makes of the API server's audit log. The log is the local control plane's (hack/cluster.sh
+# audits ServiceAccounts); on another cluster DEMO_AUDIT_LOG names a copy of its audit log.
+show_usage() {
+  local audit=${DEMO_AUDIT_LOG:-}
+  [ -n "$audit" ] || [ ! -f "$state/own-cluster" ] || audit="$repo/.state/cluster/logs/audit.log"
+  if [ -z "$audit" ] || [ ! -r "$audit" ]; then
+    echo "== usage: skipped (no audit log; set DEMO_AUDIT_LOG to this cluster's audit log file)"
+    return 0
+  fi
+  echo "== usage: AppIdentity team-a/inventory is granted all verbs on configmaps and get, list on pods;"
+  echo "   its application reads configmaps and tries to read a secret (denied)"
+  "$kubectl" apply -f - >/dev/null <<'YAML'
+apiVersion: appidentity.dev/v1alpha1
+kind: AppIdentity
+metadata: {name: inventory, namespace: team-a}
+spec:
+  rules:
+  - {apiGroups: [""], resources: [configmaps], verbs: [get, list, watch, create, update, patch, delete]}
+  - {apiGroups: [""], resources: [pods], verbs: [get, list]}
+  token: {kubeconfig: true}
+YAML
+  "$kubectl" wait --for=condition=Ready appidentity/inventory -n team-a --timeout=120s >/dev/null
+  local app="$state/inventory.kubeconfig"
+  (umask 077 && "$operator" kubeconfig inventory -n team-a >"$app")
+  "$kubectl" --kubeconfig "$app" get configmaps -o name >/dev/null
+  "$kubectl" --kubeconfig "$app" get configmap kube-root-ca.crt -o name >/dev/null
+  if "$kubectl" --kubeconfig "$app" get secret inventory-token >/dev/null 2>&1; then
+    echo "the application read a secret it was not granted" >&2
+    exit 1
+  fi
+  echo "   \$ appidentity-operator usage inventory -n team-a --audit-log $audit --force"
+  echo "   (--force: the log covers minutes, less than the default --min-window of 7 days)"
+  "$operator" usage inventory -n team-a --audit-log "$audit" --force --policy "$state/policy.yaml" | sed 's/^/   /'
+}
 
 if [ -z "${KUBECONFIG:-}" ]; then
   echo "== no KUBECONFIG given: starting the local control plane"
@@ -108,10 +145,13 @@ if out=$(echo "$forbidden" | "$kubectl" apply -f - 2>&1); then
 fi
 echo "   refused: ${out#*denied request: }"
 echo
+show_usage
+echo
 echo "== next, with the line below run in your shell first (it puts .venv/bin and bin/ on PATH):"
 "$kubectl" get appidentities -A -o jsonpath='{range .items[?(@.spec.token.kubeconfig==true)]}  appidentity-operator kubeconfig {.metadata.name} -n {.metadata.namespace} > {.metadata.name}.kubeconfig && kubectl --kubeconfig {.metadata.name}.kubeconfig auth can-i --list{"\n"}{end}'
 echo "  every check, one identity:  kubectl appid check pod-reader -n team-a"
 echo "  all identities:             kubectl appid status -A"
+echo "  what an identity used:      kubectl appid usage inventory -n team-a --audit-log .state/cluster/logs/audit.log --force"
 echo "  a token for another service (as that service verifies it):"
 echo "    kubectl get secret vault-client-token -n team-a -o jsonpath='{.data.token}' | base64 -d | appidentity-operator verify-token --audience vault"
 echo "  metrics:                    curl -s localhost:$metrics_port/metrics | grep ^appidentity_"

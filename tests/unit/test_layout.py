@@ -17,7 +17,7 @@ MAX_FUNCTION_LINES = 60
 # Lowest first: a module may import from its own layer and those below, never from above.
 LAYERS = [
     {"appidentity", "model", "schedule", "rbac", "tokens", "status", "metrics"},
-    {"desired", "policy", "escalation", "policy_manifests", "discovery"},
+    {"desired", "policy", "escalation", "policy_manifests", "discovery", "usage"},
     {"kube"},
     {"verify"},
     {"reconcile"},

@@ -1,6 +1,7 @@
 """`appidentity-operator`: run the operator, print an identity's kubeconfig, re-run its
 self-check on demand, show the verification status of identities, render what an AppIdentity
-would create (no cluster needed), or verify a ServiceAccount token as an external service would
+would create (no cluster needed), report what an identity used of its grant from the audit
+log (`usage`), or verify a ServiceAccount token as an external service would
 (`verify-token`). Installed a second time as `kubectl-appid`, the same program is the kubectl
 plugin `kubectl appid`."""
 
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from ..webhook import cli as webhook_cli
-from . import identity, offline, run, status
+from . import identity, offline, run, status, usage
 from .common import EXIT_FAILED, table
 from .status import status_table
 
@@ -26,6 +27,7 @@ def parser(prog: str = "appidentity-operator") -> argparse.ArgumentParser:
     identity.add_parsers(sub)
     status.add_parser(sub)
     offline.add_parsers(sub)
+    usage.add_parser(sub)
     return p
 
 

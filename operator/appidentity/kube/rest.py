@@ -19,7 +19,7 @@ from urllib.request import urlopen
 import urllib3
 from kubernetes import client, config
 
-from .. import GROUP, PLURAL, VERSION
+from .. import GROUP, PLURAL, SELF_CHECK_USER_AGENT, VERSION
 from ..rbac import Request
 from .transport import TIMEOUT, ClientTransport, Transport
 
@@ -107,6 +107,7 @@ class Http:
             headers["Content-Type"] = content_type
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token}"
+            headers["User-Agent"] = SELF_CHECK_USER_AGENT
         try:
             status, reason, raw = self._transport.send(method, path, headers, body)
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from kubernetes import client
 
+from .. import SELF_CHECK_USER_AGENT
+
 TIMEOUT = (5.0, 30.0)
 # Idle token connections kept for reuse; more may be open at once, and those are closed after use.
 TOKEN_CONNECTIONS = 16
@@ -129,7 +131,9 @@ def token_transport(cfg: client.Configuration, ca_crt: bytes) -> Transport:
         # Rare kubeconfig settings that only the kubernetes client's transport handles.
         bare = credential_free(cfg, ca_crt)
         bare.connection_pool_maxsize = TOKEN_CONNECTIONS
-        return ClientTransport(client.ApiClient(bare), own_credentials=False)
+        api = client.ApiClient(bare)
+        api.user_agent = SELF_CHECK_USER_AGENT  # its default headers win over a request's
+        return ClientTransport(api, own_credentials=False)
     if not cfg.verify_ssl:
         context = ssl._create_unverified_context()
     elif ca_crt:
