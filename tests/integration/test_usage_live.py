@@ -62,6 +62,9 @@ def receiving_operator(
         workdir,
         workdir / "operator.log",
         extra_args=tuple(x for kv in flags.items() for x in kv),
+        # The default schedule (no re-check every 2 s): the receiver's own wake-up is what
+        # brings the usage into the status, as in a real cluster.
+        recheck_seconds=None,
     )
     with replacing(operator, own):
         yield own
