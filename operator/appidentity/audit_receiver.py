@@ -65,7 +65,7 @@ class Receiver:
         except ValueError:
             return web.Response(status=400, text="not JSON")
         items = body.get("items") if isinstance(body, dict) else None
-        if body.get("kind") != "EventList" or not isinstance(items, list):
+        if not isinstance(items, list) or body.get("kind") != "EventList":
             return web.Response(status=400, text="not an audit.k8s.io EventList")
         counted = self.live.ingest(i for i in items if isinstance(i, dict))
         log.debug("audit batch: %d Events, %d of tracked identities", len(items), counted)

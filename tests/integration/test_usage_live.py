@@ -126,3 +126,9 @@ def test_a_client_without_the_api_servers_certificate_is_refused(
     apiserver = ssl.create_default_context(cafile=str(PKI / "audit-ca.crt"))
     apiserver.load_cert_chain(PKI / "audit-client.crt", PKI / "audit-client.key")
     assert post(apiserver) == 200
+    with urllib.request.urlopen(url.replace("/audit", "/usage"), timeout=5, context=apiserver) as r:
+        assert isinstance(json.loads(r.read()), dict)
+    bad = urllib.request.Request(url, b"[1]", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(bad, timeout=5, context=apiserver)
+    assert refused.value.code == 400

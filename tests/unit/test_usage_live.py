@@ -104,3 +104,12 @@ def test_objects_touched_do_not_grow_memory() -> None:
     configmaps = live._usage["t1.app"].entries[0]
     assert configmaps.use.count == 1000
     assert len(configmaps.shapes) == 1 and next(iter(configmaps.shapes.values())).count == 1000
+
+
+def test_all_grants_used_when_every_entry_and_verb_was() -> None:
+    used = ["get", "list", "watch", "create", "patch", "delete"]
+    rule = {"apiGroups": [""], "resources": ["configmaps"], "verbs": used}
+    summary = fed(EVENTS, identity=body(rules=[rule])).publish("t1.app", 0.0)
+    assert summary is not None and summary["unused"] == []
+    reason, message = condition_of(summary)
+    assert reason == "AllGrantsUsed" and message.endswith("; 6 request(s) denied")

@@ -181,13 +181,12 @@ def condition_of(summary: Mapping[str, Any]) -> tuple[str, str]:
     window = summary.get("window") or {}
     if not window:
         return "NoUsageYet", "no request of this identity's token seen since the operator started"
-    span = f"between {window['from']} and {window['to']}"
+    span = f"in the requests seen from {window['from']} to {window['to']}"
     denied = f"; {summary['deniedCount']} request(s) denied" if summary["deniedCount"] else ""
     if summary["unused"]:
+        listed = "; ".join(summary["unused"])[:700]
         return "UnusedGrants", (
-            f"{summary['unusedEntries']} entry(ies) unused {span}, and some verbs of used ones"
-            f" ({', '.join(summary['unused'])})"[:700]
-            + denied
-            + ". Informational: a short window is weak evidence (see `usage`)"
+            f"not used {span}: {listed}{denied}."
+            " Informational: a short window is weak evidence (see `appidentity-operator usage`)"
         )
     return "AllGrantsUsed", f"every entry used {span}{denied}"
