@@ -212,8 +212,13 @@ async def start_audit_receiver(**_: Any) -> None:
     global RECEIVER
     usage = _runtime().usage
     if OPTIONS.audit_webhook is not None and usage is not None:
-        RECEIVER = Receiver(OPTIONS.audit_webhook, usage, SCHEDULER.now)
-        await RECEIVER.start()
+        receiver = Receiver(OPTIONS.audit_webhook, usage, SCHEDULER.now)
+        try:
+            await receiver.start()
+        except OSError as exc:  # the port taken: asked for, so the operator does not run without
+            await receiver.stop()
+            raise kopf.PermanentError(f"audit webhook receiver: {exc}") from exc
+        RECEIVER = receiver
 
 
 @kopf.on.cleanup()

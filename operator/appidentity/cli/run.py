@@ -75,6 +75,22 @@ def _receiver_config(args: argparse.Namespace) -> Any:
     )
 
 
+def _receiver_problem(args: argparse.Namespace) -> str | None:
+    """Why the receiver's certificates cannot serve, found before connecting to any cluster."""
+    config = _receiver_config(args)
+    if config is None:
+        return None
+    import ssl
+
+    from ..audit_receiver import tls_context
+
+    try:
+        tls_context(config)
+    except (OSError, ssl.SSLError) as exc:
+        return f"the audit webhook receiver's certificate, key or client CA: {exc}"
+    return None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     _fewer_malloc_arenas()
     import kopf
@@ -91,6 +107,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "--audit-webhook-client-ca (the API server is authenticated by its client certificate)",
             file=sys.stderr,
         )
+        return EXIT_USAGE
+    if (problem := _receiver_problem(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
         load_policy(args.policy)  # fail before connecting, with the file's own error
