@@ -286,9 +286,10 @@ audit_flags() {
 
 # The audit webhook backend's target: a kubeconfig naming the receiver (the operator, started
 # later with the port recorded here) and the API server's client certificate. The port is picked
-# once, at cluster start, since the API server reads this file only when it starts. Until a
-# receiver listens, batches fail after retries and are dropped (the API server logs it), and
-# the log file backend beside it is unaffected.
+# once, at cluster start, since the API server reads this file only when it starts. While no
+# receiver listens, each batch fails after its retries and is dropped: the API server then
+# writes an error and the batch's Events (`AUDIT: id=...`, Metadata level) to its own log,
+# logs/kube-apiserver.log. The audit log file beside it is unaffected.
 write_audit_webhook() {
   local pki="$state/pki" port
   if [ -f "$state/audit-webhook.port" ]; then
