@@ -9,6 +9,7 @@ the reconcile threads."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -66,7 +67,7 @@ class LiveUsage:
         namespace = str(meta.get("namespace", ""))
         sa = (spec.get("serviceAccount") or {}).get("name") or meta.get("name", "")
         user = f"system:serviceaccount:{namespace}:{sa}"
-        spec_key = repr(sorted(spec.items()))
+        spec_key = json.dumps(spec, sort_keys=True)
         with self._lock:
             old = self._usage.get(key)
             if old is not None and old.spec_key == spec_key:
