@@ -113,3 +113,16 @@ def test_all_grants_used_when_every_entry_and_verb_was() -> None:
     assert summary is not None and summary["unused"] == []
     reason, message = condition_of(summary)
     assert reason == "AllGrantsUsed" and message.endswith("; 6 request(s) denied")
+
+
+def test_the_snapshot_gives_each_entrys_count_and_times() -> None:
+    own = [e for e in EVENTS if e["user"]["username"] == "system:serviceaccount:t1:app"]
+    selfcheck = {**own[0], "auditID": "x", "userAgent": f"{SELF_CHECK_USER_AGENT}/1"}
+    (detail,) = fed([*EVENTS, selfcheck]).snapshot().values()
+    configmaps, pods = detail["entries"]
+    report = run(FIXTURE.read_bytes())
+    assert configmaps["count"] == report["entries"][0]["count"] > 0
+    assert configmaps["firstSeen"] == report["entries"][0]["firstSeen"]
+    assert configmaps["lastSeen"] == report["entries"][0]["lastSeen"]
+    assert pods == {"field": "spec.rules[1]", "count": 0, "firstSeen": "", "lastSeen": ""}
+    assert detail["selfCheckLeftOut"] == 1

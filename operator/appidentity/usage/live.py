@@ -134,9 +134,9 @@ class LiveUsage:
             return [k for k, t in self._usage.items() if t.changed and _due(t, now)]
 
     def snapshot(self) -> dict[str, Any]:
-        """Every identity's summary, for the receiver's GET /usage."""
+        """Every identity's summary and its entries' counts, for the receiver's GET /usage."""
         with self._lock:
-            return {k: summarise(t) for k, t in sorted(self._usage.items())}
+            return {k: _detail(t) for k, t in sorted(self._usage.items())}
 
 
 def _count(entries: list[Entry], req: Request, at: str) -> None:
@@ -175,6 +175,14 @@ def summarise(tracked: Tracked) -> dict[str, Any]:
     if tracked.last_seen:
         out["lastSeen"] = tracked.last_seen
     return out
+
+
+def _detail(tracked: Tracked) -> dict[str, Any]:
+    entries = [
+        {"field": e.path, "count": e.use.count, "firstSeen": e.use.first, "lastSeen": e.use.last}
+        for e in tracked.entries
+    ]
+    return {**summarise(tracked), "entries": entries, "selfCheckLeftOut": tracked.self_checks}
 
 
 def condition_of(summary: Mapping[str, Any]) -> tuple[str, str]:
