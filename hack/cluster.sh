@@ -4,7 +4,9 @@
 #
 #   hack/cluster.sh up     [STATE_DIR]  start (or reuse) it; last line: export KUBECONFIG=...
 #                                       (the audit log of ServiceAccounts' requests is
-#                                       STATE_DIR/logs/audit.log; `up` prints it on stderr)
+#                                       STATE_DIR/logs/audit.log; `up` prints it on stderr; the
+#                                       same Events go to the audit webhook at the port in
+#                                       STATE_DIR/audit-webhook.port: see write_audit_webhook)
 #   hack/cluster.sh down   [STATE_DIR]  stop it and remove STATE_DIR
 #   hack/cluster.sh status [STATE_DIR]  exit 0 when it is running and ready
 #   hack/cluster.sh restart-apiserver [STATE_DIR]
@@ -141,13 +143,14 @@ free_port() {
 
 # --- PKI ---------------------------------------------------------------------------------------
 
-# Issues a certificate signed by the cluster CA. $3 is the extension section (SANs, usage).
+# Issues a certificate signed by the cluster CA (or the CA named by $4, e.g. audit-ca). $3 is
+# the extension section (SANs, usage).
 issue_cert() {
-  local name=$1 subject=$2 extensions=$3 pki="$state/pki"
+  local name=$1 subject=$2 extensions=$3 ca=${4:-ca} pki="$state/pki"
   openssl genrsa -out "$pki/$name.key" 2048 2>/dev/null
   openssl req -new -key "$pki/$name.key" -subj "$subject" -out "$pki/$name.csr"
   printf '%s\n' "$extensions" >"$pki/$name.ext"
-  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" \
     -CAcreateserial -days 365 -sha256 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
   rm -f "$pki/$name.csr" "$pki/$name.ext"
 }
@@ -168,10 +171,30 @@ make_pki() {
     'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=clientAuth')
   issue_cert admin "/O=system:masters/CN=admin" "$client"
   issue_cert controller-manager "/CN=system:kube-controller-manager" "$client"
+  make_audit_webhook_pki
   # Service-account tokens: the API server signs and verifies, the controller manager signs.
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
   chmod 600 "$pki"/*.key
+}
+
+# The audit webhook's own CA, apart from the cluster's: it signs the receiver's serving
+# certificate and the API server's client certificate, so a receiver trusting it as its client
+# CA accepts the API server and nothing else (not the admin, whose certificate the cluster CA
+# signed). The operator's receiver is started with (paths under STATE_DIR/pki):
+#   --audit-webhook-cert audit-receiver.crt --audit-webhook-key audit-receiver.key
+#   --audit-webhook-client-ca audit-ca.crt --audit-webhook-port $(cat STATE_DIR/audit-webhook.port)
+make_audit_webhook_pki() {
+  local pki="$state/pki"
+  openssl genrsa -out "$pki/audit-ca.key" 2048 2>/dev/null
+  openssl req -x509 -new -key "$pki/audit-ca.key" -subj "/CN=appidentity-local-audit-ca" \
+    -days 365 -sha256 -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" -out "$pki/audit-ca.crt"
+  local usage=('basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment')
+  issue_cert audit-receiver "/CN=appidentity-audit-receiver" "$(printf '%s\n' "${usage[@]}" \
+    'extendedKeyUsage=serverAuth' 'subjectAltName=IP:127.0.0.1,DNS:localhost')" audit-ca
+  issue_cert audit-client "/CN=kube-apiserver-audit" "$(printf '%s\n' "${usage[@]}" \
+    'extendedKeyUsage=clientAuth')" audit-ca
 }
 
 # A kubeconfig with every credential embedded, so it stays valid when copied elsewhere.
@@ -261,6 +284,51 @@ audit_flags() {
     --audit-log-maxsize=100 --audit-log-maxbackup=5 --audit-log-maxage=7
 }
 
+# The audit webhook backend's target: a kubeconfig naming the receiver (the operator, started
+# later with the port recorded here) and the API server's client certificate. The port is picked
+# once, at cluster start, since the API server reads this file only when it starts. While no
+# receiver listens, each batch fails after its retries and is dropped: the API server then
+# writes an error and the batch's Events (`AUDIT: id=...`, Metadata level) to its own log,
+# logs/kube-apiserver.log. The audit log file beside it is unaffected.
+write_audit_webhook() {
+  local pki="$state/pki" port
+  if [ -f "$state/audit-webhook.port" ]; then
+    port=$(<"$state/audit-webhook.port")
+  else
+    free_port port
+    echo "$port" >"$state/audit-webhook.port"
+  fi
+  cat >"$state/audit-webhook.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: appidentity-audit-receiver
+  cluster:
+    server: https://127.0.0.1:$port/audit
+    certificate-authority-data: $(base64 -w0 "$pki/audit-ca.crt")
+users:
+- name: kube-apiserver
+  user:
+    client-certificate-data: $(base64 -w0 "$pki/audit-client.crt")
+    client-key-data: $(base64 -w0 "$pki/audit-client.key")
+contexts:
+- name: audit
+  context:
+    cluster: appidentity-audit-receiver
+    user: kube-apiserver
+current-context: audit
+EOF
+  chmod 600 "$state/audit-webhook.kubeconfig"
+}
+
+# Batches of at most 2 s, so a receiver sees a request within seconds; failed sends retried
+# from 1 s (not the default 10 s) so a receiver that is absent costs little.
+audit_webhook_flags() {
+  echo --audit-webhook-config-file="$state/audit-webhook.kubeconfig" \
+    --audit-webhook-mode=batch --audit-webhook-batch-max-wait=2s \
+    --audit-webhook-initial-backoff=1s
+}
+
 # With a port argument the API server comes back where it was: same issuer, same kubeconfigs.
 start_apiserver() {
   local port=${1:-} pki="$state/pki"
@@ -270,8 +338,9 @@ start_apiserver() {
   write_kubeconfig "$state/admin.kubeconfig" admin "$url"
   write_kubeconfig "$state/controller-manager.kubeconfig" controller-manager "$url"
   write_audit_policy
+  write_audit_webhook
   # shellcheck disable=SC2046 # audit_flags' words hold no spaces (paths in the state dir)
-  start_detached kube-apiserver $(audit_flags) \
+  start_detached kube-apiserver $(audit_flags) $(audit_webhook_flags) \
     --etcd-servers="$etcd_url" \
     --bind-address=127.0.0.1 --secure-port="$port" \
     --advertise-address="$ADVERTISE_ADDRESS" --endpoint-reconciler-type=none \
@@ -316,7 +385,8 @@ cmd_up() {
   bin=$("$here/build-control-plane.sh" | tail -n 1)
   [ -x "$bin/kube-apiserver" ] || die "build-control-plane.sh did not yield a bin dir (got: $bin)"
   link_kubectl
-  if ! is_ready || ! same_version; then
+  # A control plane started before the audit webhook existed is started afresh, too.
+  if ! is_ready || ! same_version || [ ! -f "$state/audit-webhook.port" ]; then
     # Half-started or crashed leftovers: start from scratch rather than repair.
     stop_all
     rm -rf "$state"
@@ -329,6 +399,9 @@ cmd_up() {
     log "Kubernetes v$K8S_VERSION ready at $(apiserver_url) (logs: $state/logs)"
   fi
   log "audit log (ServiceAccounts' requests, Metadata level): $state/logs/audit.log"
+  local port pki="$state/pki"
+  port=$(<"$state/audit-webhook.port")
+  log "audit webhook to https://127.0.0.1:$port/audit; run the operator with --audit-webhook-port $port --audit-webhook-cert $pki/audit-receiver.crt --audit-webhook-key $pki/audit-receiver.key --audit-webhook-client-ca $pki/audit-ca.crt"
   echo "export KUBECONFIG=$state/admin.kubeconfig"
 }
 

@@ -70,6 +70,17 @@ YAML
   echo "   \$ appidentity-operator usage inventory -n team-a --audit-log $audit --force"
   echo "   (--force: the log covers minutes, less than the default --min-window of 7 days)"
   "$operator" usage inventory -n team-a --audit-log "$audit" --force --policy "$state/policy.yaml" | sed 's/^/   /'
+  [ ${#receiver[@]} -gt 0 ] || return 0
+  echo "== the same, live: the operator's audit webhook receiver, in status.usage (written at most"
+  echo "   once a minute per identity; waiting for it)"
+  if "$kubectl" wait --for=jsonpath='{.status.usage.deniedCount}'=1 appidentity/inventory -n team-a \
+    --timeout=90s >/dev/null; then
+    "$kubectl" get appidentity inventory -n team-a \
+      -o jsonpath='{.status.usage}{"\n"}{range .status.conditions[?(@.type=="UsageObserved")]}{.type}={.status} {.reason}: {.message}{"\n"}{end}' |
+      sed 's/^/   /'
+  else
+    echo "   status.usage did not show the denial within 90 s; see $state/operator.log" >&2
+  fi
 }
 
 if [ -z "${KUBECONFIG:-}" ]; then
@@ -118,8 +129,18 @@ echo "== starting the operator with the policy of ConfigMap appidentity-system/a
 "$kubectl" get configmap appidentity-policy -n appidentity-system \
   -o jsonpath='{.data.policy\.yaml}' >"$state/policy.yaml"
 stop_pid operator
+# On the local control plane the operator also receives its audit webhook (hack/cluster.sh
+# points the API server at this port with these certificates): status.usage, live.
+receiver=()
+cluster_state="$repo/.state/cluster"
+if [ -f "$state/own-cluster" ] && [ -f "$cluster_state/audit-webhook.port" ]; then
+  receiver=(--audit-webhook-port "$(<"$cluster_state/audit-webhook.port")" --audit-webhook-bind 127.0.0.1
+    --audit-webhook-cert "$cluster_state/pki/audit-receiver.crt"
+    --audit-webhook-key "$cluster_state/pki/audit-receiver.key"
+    --audit-webhook-client-ca "$cluster_state/pki/audit-ca.crt")
+fi
 nohup "$operator" run --all-namespaces --policy "$state/policy.yaml" \
-  --metrics-port "$metrics_port" --liveness-port "$liveness_port" \
+  --metrics-port "$metrics_port" --liveness-port "$liveness_port" "${receiver[@]}" \
   >"$state/operator.log" 2>&1 &
 echo $! >"$state/operator.pid"
 

@@ -37,6 +37,7 @@ from support import (
     Operator,
     Token,
     apply_deploy,
+    replacing,
     requester_stamp,
     token_kubeconfig,
     wait_until,
@@ -374,10 +375,5 @@ def own_sa_operator(
         kubeconfig=_own_kubeconfig(kube, cluster, workdir / "operator.kubeconfig"),
         policy=own_sa_policy,
     )
-    operator.stop()
-    own.start()
-    try:
+    with replacing(operator, own):
         yield own
-    finally:
-        own.stop()
-        operator.start()

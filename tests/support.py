@@ -17,7 +17,8 @@ import time
 import tomllib
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,6 +111,7 @@ class Operator:
     proc: subprocess.Popen[bytes] | None = None
     # Re-checks every 2 s keep the suite fast; None runs the operator on its default schedule.
     recheck_seconds: float | None = 2
+    extra_args: tuple[str, ...] = ()  # more `run` flags (the audit webhook receiver's)
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
@@ -132,6 +134,7 @@ class Operator:
                 *(("--recheck-seconds", str(self.recheck_seconds)) if self.recheck_seconds else ()),
                 "--log-format",
                 "json",
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -662,3 +665,41 @@ def conflicting_identity(kube: Kube, namespace: str, name: str) -> None:
     meta = {"name": name, "namespace": namespace}
     create(kube, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta})
     create(kube, identity(name, namespace, rules=[READ_CONFIGMAPS]))
+
+
+@contextmanager
+def replacing(session: Operator, own: Operator) -> Iterator[Operator]:
+    """`own` runs instead of the session's operator (never both: they would fight over every
+    identity), and the session's comes back afterwards."""
+    session.stop()
+    own.start()
+    try:
+        yield own
+    finally:
+        own.stop()
+        session.start()
+
+
+ALL_VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
+CONFIGMAPS_ALL = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ALL_VERBS}
+PODS_READ = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}
+
+
+def use_part_of_the_grant(kube: Kube, namespace: str, token_api: Callable[[Token], Any]) -> None:
+    """Issue 21's application: identity `app` granted every verb on configmaps and get, list on
+    pods; its token gets and lists configmaps, and is denied a get of a secret."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    create(kube, identity("app", namespace, rules=[CONFIGMAPS_ALL, PODS_READ]))
+    wait_ready(kube, namespace, "app")
+    token = secret_token(kube, namespace, "app-token")
+    assert token is not None
+    core = client.CoreV1Api(token_api(token))
+    core.read_namespaced_config_map("kube-root-ca.crt", namespace)
+    core.list_namespaced_config_map(namespace)
+    try:
+        core.read_namespaced_secret("app-token", namespace)
+        raise AssertionError("the secret get was allowed")
+    except ApiException as denied:
+        assert denied.status == 403

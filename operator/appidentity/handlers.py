@@ -21,6 +21,7 @@ import kopf
 
 from . import FIELD_MANAGER, GROUP, PLURAL, VERSION, turns
 from . import metrics as m
+from .audit_receiver import Receiver, ReceiverConfig
 from .desired import TOKEN_SECRET_OF, is_subset, object_key
 from .kube import Kube, load_configuration
 from .model import IDENTITY_LABEL, MANAGED_BY, identity_key
@@ -30,6 +31,7 @@ from .registry import Registry, compact
 from .schedule import FULL_PROOF_SECONDS
 from .scheduler import Scheduler
 from .tokens import rotation_requested
+from .usage.live import LiveUsage
 from .verify.baseline import Baseline
 
 log = logging.getLogger("appidentity")
@@ -48,6 +50,7 @@ class Options:
     recheck_seconds: float | None = None
     full_proof_seconds: float = FULL_PROOF_SECONDS
     workers: int = 8
+    audit_webhook: ReceiverConfig | None = None  # the audit webhook receiver, off when None
 
 
 OPTIONS = Options()
@@ -128,6 +131,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         baseline=baseline,
         recheck_seconds=OPTIONS.recheck_seconds,
         full_proof_seconds=OPTIONS.full_proof_seconds,
+        usage=LiveUsage() if OPTIONS.audit_webhook else None,
     )
     if OPTIONS.metrics_port:
         m.serve(OPTIONS.metrics_port)
@@ -174,6 +178,8 @@ async def identity_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> N
     key = _key(body)
     if event.get("type") == "DELETED":
         REGISTRY.forget(key)
+        if RUNTIME is not None and RUNTIME.usage is not None:
+            RUNTIME.usage.forget(key)
         return
     tracked = REGISTRY.get(key)
     tracked.body = compact(event["object"])
@@ -198,6 +204,30 @@ async def start_scheduler(**_: Any) -> None:
 async def stop_scheduler(**_: Any) -> None:
     if SCHEDULER_TASK is not None:
         SCHEDULER_TASK.cancel()
+
+
+@kopf.on.startup()
+async def start_audit_receiver(**_: Any) -> None:
+    """The audit webhook receiver, on kopf's loop, when `--audit-webhook-port` asks for it."""
+    global RECEIVER
+    usage = _runtime().usage
+    if OPTIONS.audit_webhook is not None and usage is not None:
+        receiver = Receiver(OPTIONS.audit_webhook, usage, SCHEDULER.now)
+        try:
+            await receiver.start()
+        except OSError as exc:  # the port taken: asked for, so the operator does not run without
+            await receiver.stop()
+            raise kopf.PermanentError(f"audit webhook receiver: {exc}") from exc
+        RECEIVER = receiver
+
+
+@kopf.on.cleanup()
+async def stop_audit_receiver(**_: Any) -> None:
+    if RECEIVER is not None:
+        await RECEIVER.stop()
+
+
+RECEIVER: Receiver | None = None
 
 
 SCHEDULER_TASK: asyncio.Task[None] | None = None

@@ -27,6 +27,12 @@ TOKEN_EXPIRY = Gauge(
     "Seconds until the identity's Bound token expires",
     ["namespace", "name"],
 )
+UNUSED = Gauge(
+    "appidentity_unused_entries",
+    "Spec entries no request of the identity's token used since the operator started (the audit"
+    " webhook receiver's status.usage.unusedEntries; absent when the receiver is off)",
+    ["namespace", "name"],
+)
 CHECKS = Counter(
     "appidentity_checks_total",
     "Self-checks run: full proofs, and re-checks of the token's effective rules",
@@ -56,6 +62,6 @@ def serve(port: int) -> None:
 
 
 def forget(namespace: str, name: str) -> None:
-    for gauge in (VERIFIED, EXCESS, TOKEN_EXPIRY):
+    for gauge in (VERIFIED, EXCESS, TOKEN_EXPIRY, UNUSED):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)

@@ -22,6 +22,9 @@ ACCESS_VERIFIED = "AccessVerified"
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
+# Informational only (the audit webhook receiver's usage summary): always True, never among the
+# parts Ready, Reconciling and Stalled are derived from, so it cannot change what kstatus reads.
+USAGE_OBSERVED = "UsageObserved"
 
 # Outcomes no retry by the operator can change: the spec, the policy, an object someone else
 # owns, a namespace's consent, the requester's or the operator's own RBAC, or RBAC granted
@@ -124,6 +127,20 @@ def conditions(
     abnormal = abnormal_condition(parts)
     every = [*parts, ready_condition(parts), *([abnormal] if abnormal else [])]
     return [_as_dict(c, before.get(c.type), generation, now) for c in every]
+
+
+def with_informational(
+    current: Sequence[Mapping[str, Any]],
+    cond: Condition,
+    previous: Sequence[Mapping[str, Any]],
+    generation: int,
+    now: str,
+) -> list[dict[str, Any]]:
+    """The conditions with an informational one put in (or replaced) after the others; Ready,
+    Reconciling and Stalled are left exactly as they were derived."""
+    old = next((c for c in previous if c.get("type") == cond.type), None)
+    kept = [dict(c) for c in current if c.get("type") != cond.type]
+    return [*kept, _as_dict(cond, old, generation, now)]
 
 
 def interrupted(

@@ -15,8 +15,15 @@ from .model import identity_key, rfc3339, utcnow
 from .reconcile import Result, Runtime, reconcile
 from .registry import Registry, Tracked, compact
 from .scheduler import ERROR_BACKOFF
-from .status import interrupted, without_timestamps
+from .status import (
+    USAGE_OBSERVED,
+    Condition,
+    interrupted,
+    with_informational,
+    without_timestamps,
+)
 from .tokens import parse_time
+from .usage.live import condition_of
 
 log = logging.getLogger("appidentity")
 
@@ -79,11 +86,36 @@ def _publish(rt: Runtime, body: Mapping[str, Any], tracked: Tracked, result: Res
         rt.kube.post_event(body, event.type, event.reason, event.message)
         log.info("%s/%s %s: %s", ns, name, event.reason, event.message)
     last = dict(body.get("status") or {})  # the last written one, see cycle
+    status = _with_usage(rt, body, result.status)
     interval = ((body.get("spec") or {}).get("verification") or {}).get("intervalSeconds", 600)
-    if _needs_write(last, result.status, float(interval)):
-        rt.kube.patch_status(ns, name, result.status)
-        tracked.last_written = compact(result.status)
-    _export(ns, name, result.status)
+    if _needs_write(last, status, float(interval)):
+        rt.kube.patch_status(ns, name, status)
+        tracked.last_written = compact(status)
+    _export(ns, name, status)
+
+
+def _with_usage(rt: Runtime, body: Mapping[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """status.usage and the informational UsageObserved condition, when the audit receiver
+    runs: a fresh summary at most once a minute (usage.live.PUBLISH_SECONDS), else the one last
+    written, so audit traffic alone never costs more than a write a minute per identity."""
+    if rt.usage is None or not status.get("conditions"):
+        return status
+    meta = body["metadata"]
+    key = identity_key(meta["namespace"], meta["name"])
+    rt.usage.track(key, body)
+    previous = body.get("status") or {}
+    summary = rt.usage.publish(key, time.monotonic()) or previous.get("usage")
+    if summary is None:
+        return status
+    reason, message = condition_of(summary)
+    conditions = with_informational(
+        status["conditions"],
+        Condition(USAGE_OBSERVED, True, reason, message),
+        previous.get("conditions", []),
+        status.get("observedGeneration", 0),
+        rfc3339(utcnow()),
+    )
+    return {**status, "usage": summary, "conditions": conditions}
 
 
 def _needs_write(last: Mapping[str, Any], new: Mapping[str, Any], interval: float) -> bool:
@@ -102,6 +134,8 @@ def _export(ns: str, name: str, status: Mapping[str, Any]) -> None:
     conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
     m.VERIFIED.labels(ns, name).set(1 if conditions.get("AccessVerified") == "True" else 0)
     m.EXCESS.labels(ns, name).set(len((status.get("verification") or {}).get("excess", [])))
+    if "usage" in status:
+        m.UNUSED.labels(ns, name).set(status["usage"].get("unusedEntries", 0))
     expires = (status.get("token") or {}).get("expiresAt", "")
     if expires and expires != "never":
         m.TOKEN_EXPIRY.labels(ns, name).set((parse_time(expires) - utcnow()).total_seconds())

@@ -13,24 +13,17 @@ from typing import Any
 
 import pytest
 from appidentity.kube import Kube
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from support import (
     TEST_POLICY_FILE,
     TEST_STATE_DIR,
     Cluster,
     Operator,
-    create,
-    identity,
     merge_patch,
-    secret_token,
+    use_part_of_the_grant,
     wait_ready,
     wait_until,
 )
 
-ALL_VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
-CONFIGMAPS = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ALL_VERBS}
-PODS = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}
 AUDIT_LOG = TEST_STATE_DIR / "logs" / "audit.log"
 
 
@@ -78,16 +71,7 @@ def test_usage_reports_unused_and_denied_and_proposes_what_was_used(
     audit_log: Path,
     token_api: Any,
 ) -> None:
-    create(kube, identity("app", namespace, rules=[CONFIGMAPS, PODS]))
-    wait_ready(kube, namespace, "app")
-    token = secret_token(kube, namespace, "app-token")
-    assert token is not None
-    core = client.CoreV1Api(token_api(token))
-    core.read_namespaced_config_map("kube-root-ca.crt", namespace)
-    core.list_namespaced_config_map(namespace)
-    with pytest.raises(ApiException) as denied:
-        core.read_namespaced_secret("app-token", namespace)
-    assert denied.value.status == 403
+    use_part_of_the_grant(kube, namespace, token_api)
     secret_get = f"get secrets/app-token in {namespace}"
     wait_until(lambda: secret_get.split()[1].encode() in audit_log.read_bytes(), 10, "the audit")
 

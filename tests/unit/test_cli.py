@@ -127,6 +127,22 @@ def test_run_refuses_an_invalid_policy_file_before_connecting(tmp_path: Path) ->
     assert "policy file" in out.stderr and "noSuchKey" in out.stderr
 
 
+def test_run_refuses_a_receiver_without_its_certificates_before_connecting(
+    tmp_path: Path,
+) -> None:
+    out = cli("run", "--audit-webhook-port", "18443")
+    assert out.returncode == 2 and "--audit-webhook-client-ca" in out.stderr
+    missing = [str(tmp_path / n) for n in ("tls.crt", "tls.key", "ca.crt")]
+    flags = ("--audit-webhook-cert", "--audit-webhook-key", "--audit-webhook-client-ca")
+    out = cli(
+        "run",
+        "--audit-webhook-port",
+        "18443",
+        *(x for p in zip(flags, missing, strict=True) for x in p),
+    )
+    assert out.returncode == 2 and "receiver's certificate" in out.stderr
+
+
 def test_unknown_command_exits_with_usage() -> None:
     out = cli("frobnicate")
     assert out.returncode == 2

@@ -22,7 +22,7 @@ LAYERS = [
     {"verify"},
     {"reconcile"},
     {"registry", "scheduler", "turns"},
-    {"handlers", "webhook", "cli", "__main__"},
+    {"handlers", "webhook", "cli", "__main__", "audit_receiver"},
 ]
 
 

@@ -61,6 +61,36 @@ def _fewer_malloc_arenas(arenas: int = 2) -> None:
         libc.mallopt(m_arena_max, arenas)
 
 
+def _receiver_config(args: argparse.Namespace) -> Any:
+    if not args.audit_webhook_port:
+        return None
+    from ..audit_receiver import ReceiverConfig
+
+    return ReceiverConfig(
+        port=args.audit_webhook_port,
+        cert=args.audit_webhook_cert,
+        key=args.audit_webhook_key,
+        client_ca=args.audit_webhook_client_ca,
+        bind=args.audit_webhook_bind,
+    )
+
+
+def _receiver_problem(args: argparse.Namespace) -> str | None:
+    """Why the receiver's certificates cannot serve, found before connecting to any cluster."""
+    config = _receiver_config(args)
+    if config is None:
+        return None
+    import ssl
+
+    from ..audit_receiver import tls_context
+
+    try:
+        tls_context(config)
+    except (OSError, ssl.SSLError) as exc:
+        return f"the audit webhook receiver's certificate, key or client CA: {exc}"
+    return None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     _fewer_malloc_arenas()
     import kopf
@@ -69,6 +99,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ..policy import PolicyFileError, load_policy
 
     setup_logging(args.log_format, args.verbose)
+    if args.audit_webhook_port and not (
+        args.audit_webhook_cert and args.audit_webhook_key and args.audit_webhook_client_ca
+    ):
+        print(
+            "error: --audit-webhook-port needs --audit-webhook-cert, --audit-webhook-key and "
+            "--audit-webhook-client-ca (the API server is authenticated by its client certificate)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if (problem := _receiver_problem(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         load_policy(args.policy)  # fail before connecting, with the file's own error
     except PolicyFileError as exc:
@@ -83,6 +125,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         recheck_seconds=args.recheck_seconds,
         full_proof_seconds=args.full_proof_seconds,
         workers=args.workers,
+        audit_webhook=_receiver_config(args),
     )
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     kopf.run(
@@ -126,6 +169,23 @@ def add_parser(sub: Any) -> None:
         help="prove every identity in full at least this often, even when nothing changed",
     )
     run.add_argument("--workers", type=int, default=8, help="reconciles running at once (threads)")
+    _add_receiver(run)
     add_kubeconfig(run)
     add_operator_namespace(run)
     run.set_defaults(func=_cmd_run)
+
+
+def _add_receiver(run: Any) -> None:
+    group = run.add_argument_group(
+        "audit webhook receiver (off by default): the API server's audit webhook backend posts "
+        "its Events here; status.usage and appidentity_unused_entries say what each identity used"
+    )
+    group.add_argument("--audit-webhook-port", type=int, default=0, help="HTTPS port, 0: off")
+    group.add_argument("--audit-webhook-bind", default="0.0.0.0", help="address to listen on")
+    group.add_argument("--audit-webhook-cert", type=Path, help="serving certificate (PEM)")
+    group.add_argument("--audit-webhook-key", type=Path, help="its private key (PEM)")
+    group.add_argument(
+        "--audit-webhook-client-ca",
+        type=Path,
+        help="CA of the API server's client certificate; clients without one it signed are refused",
+    )

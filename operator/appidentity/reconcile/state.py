@@ -17,6 +17,7 @@ from ..kube import Kube
 from ..model import Identity
 from ..policy import Policy
 from ..schedule import FULL_PROOF_SECONDS, Timetable
+from ..usage.live import LiveUsage
 from ..verify.baseline import Baseline
 from ..verify.run import ClusterFacts
 
@@ -33,6 +34,8 @@ class Runtime:
     facts: ClusterFacts = field(default_factory=ClusterFacts)
     recheck_seconds: float | None = None  # every identity's re-check interval, if set
     full_proof_seconds: float = FULL_PROOF_SECONDS
+    # What the audit webhook receiver saw of each identity's requests; None when it is off.
+    usage: LiveUsage | None = None
     # Managed children as the watches last saw them (see `remember_child`): lets a reconcile
     # skip applies that would change nothing, so a restarted operator with nothing drifted
     # writes nothing.
