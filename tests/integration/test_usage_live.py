@@ -80,7 +80,11 @@ def test_status_usage_shows_unused_grants_and_denials_within_a_minute_and_stays_
 ) -> None:
     use_part_of_the_grant(kube, namespace, token_api)
 
-    wait_until(lambda: usage_of(kube, namespace, "app").get("deniedCount") == 1, 65, "usage")
+    wait_until(
+        lambda: usage_of(kube, namespace, "app").get("deniedCount") == 1,
+        60,
+        "usage within a minute",
+    )
     usage = usage_of(kube, namespace, "app")
     assert usage["usedEntries"] == 1 and usage["unusedEntries"] == 1
     # The self-check's own requests (same token, its own User-Agent) are not counted as use.

@@ -60,15 +60,24 @@ def test_a_new_spec_starts_afresh_and_a_forgotten_identity_counts_nothing() -> N
 
 
 def test_published_at_most_once_a_minute_and_woken_only_when_changed() -> None:
-    live = fed(EVENTS[:10])
+    live = fed(EVENTS[:30])  # the application's first requests are among them
     assert live.due(0.0) == ["t1.app"]
     assert live.publish("t1.app", 0.0) is not None
     assert live.due(1.0) == []
-    live.ingest(EVENTS[10:])
+    live.ingest(EVENTS[30:])
     assert live.due(1.0) == [] and live.publish("t1.app", 1.0) is None
     assert live.due(PUBLISH_SECONDS) == ["t1.app"]
     assert live.publish("t1.app", PUBLISH_SECONDS) is not None
     assert live.due(PUBLISH_SECONDS * 3) == []
+
+
+def test_a_summary_of_nothing_seen_yet_does_not_hold_back_the_first_use() -> None:
+    live = fed()
+    first = live.publish("t1.app", 0.0)
+    assert first is not None and condition_of(first)[0] == "NoUsageYet"
+    live.ingest(EVENTS[:30])
+    assert live.due(1.0) == ["t1.app"]
+    assert live.publish("t1.app", 1.0) is not None
 
 
 def test_the_condition_never_changes_ready_reconciling_or_stalled() -> None:

@@ -120,12 +120,15 @@ class LiveUsage:
 
     def publish(self, key: str, now: float) -> dict[str, Any] | None:
         """A fresh status.usage for the identity, or None when it is not tracked or its last
-        one is younger than PUBLISH_SECONDS (the caller keeps that one). `now`: monotonic."""
+        one is younger than PUBLISH_SECONDS (the caller keeps that one). One that saw nothing
+        yet does not count: the first use shows at once. `now`: monotonic."""
         with self._lock:
             tracked = self._usage.get(key)
             if tracked is None or not _due(tracked, now):
                 return None
-            tracked.changed, tracked.published_at = False, now
+            tracked.changed = False
+            if tracked.first:  # a summary with nothing seen yet holds back no first use
+                tracked.published_at = now
             return summarise(tracked)
 
     def due(self, now: float) -> list[str]:
