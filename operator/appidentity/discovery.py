@@ -9,7 +9,7 @@ resources count once their CRD is established (they are in discovery then); RBAC
 verbs, which discovery never lists, and the policy's `extraVerbs` are taken on any resource.
 
 Pure: `Discovery.from_aggregated` parses what the API server returned and `judge` decides; the
-reading lives in kube.py and `DiscoveryCache` only holds a snapshot and asks for a new one.
+reading lives in kube/rest.py and `DiscoveryCache` only holds a snapshot and asks for a new one.
 """
 
 from __future__ import annotations

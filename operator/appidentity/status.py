@@ -31,7 +31,7 @@ USAGE_OBSERVED = "UsageObserved"
 # from outside must be changed by a human first. The operator re-reconciles when any of those
 # change (spec, namespaces and RBAC are watched), so Stalled clears by itself once they do.
 # CheckFailed, TokenRejected and TokenSignatureInvalid are reported only after the propagation
-# retries (reconcile.RETRY_DELAYS) have run out, so they are outcomes too, not flukes.
+# retries (reconcile/prove.py, RETRY_DELAYS) have run out, so they are outcomes too, not flukes.
 STALLED_REASONS = frozenset(
     {
         "InvalidSpec",
@@ -50,7 +50,7 @@ STALLED_REASONS = frozenset(
 # Settled but not Ready by design: the identity is exactly as its spec wants it for now.
 SETTLED_REASONS = frozenset({"ScheduleInactive"})
 # Work the operator finishes by itself: a check or a requester's refusal being asked again while
-# RBAC propagates (reconcile.VERIFYING, reconcile.JUDGING), a token the cluster has yet to issue,
+# RBAC propagates (VERIFYING in reconcile/prove.py, JUDGING in reconcile/judge.py), a token the cluster has yet to issue,
 # an interrupted reconcile, the issuer's keys that could not be read.
 RECONCILING_REASONS = frozenset(
     {

@@ -1,4 +1,4 @@
-"""verify/rbac.py: RBAC rule matching as the API server's authorizer does it, and excess."""
+"""rbac.py: RBAC rule matching as the API server's authorizer does it, and excess."""
 
 from __future__ import annotations
 
