@@ -50,8 +50,8 @@ STALLED_REASONS = frozenset(
 # Settled but not Ready by design: the identity is exactly as its spec wants it for now.
 SETTLED_REASONS = frozenset({"ScheduleInactive"})
 # Work the operator finishes by itself: a check or a requester's refusal being asked again while
-# RBAC propagates (VERIFYING in reconcile/prove.py, JUDGING in reconcile/judge.py), a token the cluster has yet to issue,
-# an interrupted reconcile, the issuer's keys that could not be read.
+# RBAC propagates (VERIFYING in reconcile/prove.py, JUDGING in reconcile/judge.py), a token the
+# cluster has yet to issue, an interrupted reconcile, the issuer's keys that could not be read.
 RECONCILING_REASONS = frozenset(
     {
         "Verifying",
