@@ -9,6 +9,12 @@ from collections.abc import Mapping, Sequence
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+def add_identity(p: argparse.ArgumentParser) -> None:
+    """NAME and -n: one AppIdentity, in the context's namespace unless told."""
+    p.add_argument("name")
+    p.add_argument("--namespace", "-n", help="default: the kubeconfig context's namespace")
+
+
 def add_kubeconfig(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
 

@@ -14,6 +14,7 @@ from .. import KIND
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
+    add_identity,
     add_kubeconfig,
     add_operator_namespace,
     namespace,
@@ -148,8 +149,7 @@ def add_parsers(sub: Any) -> None:
         ("check", _cmd_check, "re-run an identity's self-check and print every check"),
     ):
         c = sub.add_parser(name, help=text)
-        c.add_argument("name")
-        c.add_argument("--namespace", "-n", help="default: the kubeconfig context's namespace")
+        add_identity(c)
         add_kubeconfig(c)
         if name == "check":
             add_operator_namespace(c)
@@ -158,8 +158,7 @@ def add_parsers(sub: Any) -> None:
     rotate = sub.add_parser(
         "rotate", help="revoke an identity's token and have the operator mint and prove a new one"
     )
-    rotate.add_argument("name")
-    rotate.add_argument("--namespace", "-n", help="default: the kubeconfig context's namespace")
+    add_identity(rotate)
     rotate.add_argument(
         "--timeout",
         type=float,

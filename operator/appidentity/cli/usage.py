@@ -17,7 +17,7 @@ import yaml
 
 from .. import KIND
 from ..usage.report import span_text
-from .common import EXIT_OK, add_kubeconfig, namespace, table
+from .common import EXIT_OK, add_identity, add_kubeconfig, namespace, table
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
@@ -147,8 +147,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "usage", help="what an identity used of its grant, per the audit log, and a tighter spec"
     )
-    p.add_argument("name")
-    p.add_argument("--namespace", "-n", help="default: the kubeconfig context's namespace")
+    add_identity(p)
     p.add_argument(
         "--audit-log",
         action="append",
