@@ -3,8 +3,9 @@
 One scheduler (scheduler.py) turns every AppIdentity's work (turns.py: the reconcile and its
 publication) into turns on a small thread pool, never two of one identity at once; between
 turns an identity costs a heap entry in it and an entry in the registry (registry.py), not a
-task or a timer. Everything else only *pokes* an identity, making its next turn due now: a change of the AppIdentity, a deleted or edited child (drift), a
-binding or ClusterRole that can change what the identity's token may do.
+task or a timer. Everything else only *pokes* an identity, making its next turn due now: a
+change of the AppIdentity, a deleted or edited child (drift), a binding or ClusterRole that can
+change what the identity's token may do.
 """
 
 from __future__ import annotations

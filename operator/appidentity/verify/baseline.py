@@ -38,7 +38,7 @@ class Baseline:
         self.kube = kube
         self.namespace = namespace
         self._lock = threading.Lock()
-        self._rules: dict[str, tuple[float, list[RuleDict]]] = {}
+        self._rules: dict[str, tuple[float, list[RuleDict]]] = {}  # namespace: (read at, rules)
         self._token: tuple[float, str, list[str]] | None = None
 
     def ensure(self) -> None:
@@ -67,10 +67,10 @@ class Baseline:
     def __call__(self, namespace: str, max_age: float = TTL_SECONDS) -> list[RuleDict]:
         with self._lock:
             cached = self._rules.get(namespace)
-            if cached and time.monotonic() < cached[0] - TTL_SECONDS + max_age:
+            if cached and time.monotonic() - cached[0] < min(max_age, TTL_SECONDS):
                 return cached[1]
             http = self.kube.token_client(self._client_token()[0])
             found, _ = http.rules_review(namespace)
             rules: list[RuleDict] = list(found)
-            self._rules[namespace] = (time.monotonic() + TTL_SECONDS, rules)
+            self._rules[namespace] = (time.monotonic(), rules)
             return rules
