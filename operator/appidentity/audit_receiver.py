@@ -60,14 +60,17 @@ class Receiver:
     waker: asyncio.Task[None] | None = None
 
     async def events(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        # Parsing and counting a batch is CPU work: off kopf's loop, whose watches must not wait.
         try:
-            body = await request.json(loads=json.loads)
+            body = await asyncio.to_thread(json.loads, raw)
         except ValueError:
             return web.Response(status=400, text="not JSON")
         items = body.get("items") if isinstance(body, dict) else None
         if not isinstance(items, list) or body.get("kind") != "EventList":
             return web.Response(status=400, text="not an audit.k8s.io EventList")
-        counted = self.live.ingest(i for i in items if isinstance(i, dict))
+        events = [i for i in items if isinstance(i, dict)]
+        counted = await asyncio.to_thread(self.live.ingest, events)
         log.debug("audit batch: %d Events, %d of tracked identities", len(items), counted)
         return web.Response(text="ok")
 
