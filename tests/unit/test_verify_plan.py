@@ -168,8 +168,9 @@ def test_granted_resources_are_denied_elsewhere_and_cluster_wide(
     make_identity: IdentityFactory,
 ) -> None:
     plan = plan_for(make_identity, {"rules": [PODS_GET_LIST]})
+    # a list, as the cluster-wide check is: refused for real, it answers that one too (decide.py)
     assert by_source(plan.denied, "boundary: ungranted namespace") == [
-        Request("get", "", "pods", "", "kube-system")
+        Request("list", "", "pods", "", "kube-system")
     ]
     assert by_source(plan.denied, "boundary: cluster-wide") == [Request("list", "", "pods")]
 
@@ -198,7 +199,7 @@ def test_ungranted_namespace_falls_back_to_a_made_up_name(make_identity: Identit
         consenting={"kube-system", "default", "kube-public"},
     )
     assert by_source(plan.denied, "boundary: ungranted namespace") == [
-        Request("get", "", "pods", "", "team-a-not-granted")
+        Request("list", "", "pods", "", "team-a-not-granted")
     ]
 
 
@@ -357,12 +358,20 @@ def test_real_reads_are_capped(make_identity: IdentityFactory) -> None:
     ]
 
 
-def test_real_denied_is_a_namespaced_list_from_the_boundary(
+def test_real_denied_is_the_boundary_check_in_an_ungranted_namespace(
     make_identity: IdentityFactory,
 ) -> None:
+    """No rules review covers that namespace: tried for real, it needs no access review."""
     plan = plan_for(make_identity, {"rules": [PODS_GET_LIST]})
-    assert plan.real_denied == Request("list", "", "secrets", "", "team-a")
+    assert plan.real_denied == Request("list", "", "pods", "", "kube-system")
     assert plan.real_denied in requests(plan.denied)
+
+
+def test_real_denied_is_a_list_in_the_granted_namespace_when_nothing_is_granted(
+    make_identity: IdentityFactory,
+) -> None:
+    plan = plan_for(make_identity, {})
+    assert plan.real_denied == Request("list", "", "secrets", "", "team-a")
 
 
 def test_real_denied_skips_boundary_checks_the_grant_covers(

@@ -23,6 +23,9 @@ from .. import GROUP, PLURAL, SELF_CHECK_USER_AGENT, VERSION
 from ..rbac import Request
 from .transport import TIMEOUT, ClientTransport, Transport
 
+# The name a self-check's real `get` asks for when the grant names no object (kube/rest.try_read).
+PROBE_NAME = "appidentity-selfcheck"
+
 # kind -> (API prefix, plural, namespaced)
 KINDS: dict[str, tuple[str, str, bool]] = {
     "Namespace": ("/api/v1", "namespaces", False),
@@ -148,7 +151,8 @@ class Http:
         return bool(status.get("allowed")), str(status.get("reason", ""))
 
     def rules_review(self, namespace: str) -> tuple[list[dict[str, Any]], bool]:
-        """(effective rules in the namespace, whether the authorizer said the list is incomplete)."""
+        """(effective rules in the namespace, whether the list may lack rules: an authorizer
+        said it is `incomplete`, or RBAC reported an `evaluationError`)."""
         review = self.request(
             "POST",
             "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
@@ -160,7 +164,7 @@ class Http:
         )
         status = review.get("status", {})
         rules = list(status.get("resourceRules") or []) + list(status.get("nonResourceRules") or [])
-        return rules, bool(status.get("incomplete"))
+        return rules, bool(status.get("incomplete") or status.get("evaluationError"))
 
     def preferred_versions(self) -> dict[str, str]:
         """API group -> preferred group/version, from discovery ("" -> "v1")."""
@@ -180,12 +184,15 @@ class Http:
         return core, apis
 
     def try_read(self, req: Request, group_version: str) -> int:
-        """Performs a real read (list with limit=1, or get by name); returns the HTTP status."""
+        """Performs a real read, a list with limit=1 or a get (by its name, or of PROBE_NAME for
+        a get that names none); returns the HTTP status. The API server authorizes before it
+        looks the object up, so a 404 is an allowed get."""
         prefix = "/api/v1" if not req.group else f"/apis/{group_version}"
         path = prefix + (f"/namespaces/{req.namespace}" if req.namespace else "")
-        path += f"/{req.resource}" + (f"/{req.name}" if req.name else "")
+        name = req.name or (PROBE_NAME if req.verb == "get" else "")
+        path += f"/{req.resource}" + (f"/{name}" if name else "")
         try:
-            self.request("GET", path, query=None if req.name else {"limit": "1"})
+            self.request("GET", path, query=None if name else {"limit": "1"})
             return 200
         except ApiError as exc:
             return exc.status

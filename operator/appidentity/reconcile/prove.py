@@ -186,6 +186,8 @@ def verified_condition(identity: Identity, ver: Verification) -> st.Condition:
     )
     if ver.probed:
         msg += "; the token is for other audiences: verified offline, rights asked with a probe"
+    if ver.incomplete:
+        msg += "; rules review incomplete (an authorizer that cannot list rules): each check asked"
     if ver.excess:
         msg += f"; {len(ver.excess)} excess rule(s) allowed by spec.verification.allowExcess"
     return st.Condition(st.ACCESS_VERIFIED, True, "AccessVerified", msg)

@@ -32,7 +32,7 @@ class Plan:
     # namespace -> rules granted there; "" holds the cluster-wide rules
     grants: dict[str, list[RuleDict]]
     real_reads: list[Request] = field(default_factory=list)
-    real_denied: Request | None = None
+    real_denied: Request | None = None  # a boundary check's request, also tried for real
     truncated: int = 0  # allowed checks not asked because of MAX_ALLOWED_CHECKS
 
     @property
@@ -118,20 +118,22 @@ def _boundary(identity: Identity, granted: dict[str, list[tuple[str, RuleDict]]]
         Request("get", "", "nodes", "proxy"),
     ]
     checks = [Check(r, False, "boundary") for r in fixed]
+    elsewhere = _grants_in(granted, outside)
     seen: set[tuple[str, str, str, str]] = set()
     for granted_ns, items in granted.items():
         if not granted_ns:
             continue
         for _, rule in items:
-            for req in requests_of(rule, granted_ns)[:1]:
-                key = (req.verb, req.group, req.resource, req.subresource)
-                if key in seen or not _is_concrete(req):
-                    continue
-                seen.add(key)
-                base = Request(req.verb, req.group, req.resource, req.subresource)
-                checks.append(Check(_in(base, outside), False, "boundary: ungranted namespace"))
-                listing = Request("list", req.group, req.resource, req.subresource)
-                checks.append(Check(listing, False, "boundary: cluster-wide"))
+            reqs = [_in(r, outside) for r in requests_of(rule, granted_ns) if _is_concrete(r)]
+            # A list first, as the cluster-wide check is: refused for real, it proves that one too.
+            ordered = [r for r in reqs if r.verb == "list"] + reqs
+            req = next((r for r in ordered if not covered(elsewhere, r)), None)
+            if req is None or (key := (req.verb, req.group, req.resource, req.subresource)) in seen:
+                continue
+            seen.add(key)
+            checks.append(Check(req, False, "boundary: ungranted namespace"))
+            listing = Request("list", req.group, req.resource, req.subresource)
+            checks.append(Check(listing, False, "boundary: cluster-wide"))
     return checks
 
 
@@ -191,15 +193,17 @@ def build_plan(
         if not covered(_grants_in(granted, c.request.namespace), c.request)
     ]
     denied = list(dict.fromkeys(boundary)) + _user_must_deny(identity)
-    # A denial tried for real: a list if there is one, else an unnamed get (performed as a list).
+    # A denial tried for real, which then answers its check: preferably one in a namespace
+    # that no rules review covers (it would need an access review of its own), a list first.
     readable = [
         c.request
         for c in boundary
-        if c.request.verb in ("list", "get")
-        and not (c.request.subresource or c.request.name)
-        and c.request.namespace
+        if c.request.verb in ("list", "get") and not c.request.subresource and c.request.namespace
     ]
-    real_denied = min(readable, key=lambda r: r.verb != "list", default=None)
+    reviewed = set(proven_namespaces(identity, consenting))
+    real_denied = min(
+        readable, key=lambda r: (r.namespace in reviewed, r.verb != "list"), default=None
+    )
     return Plan(
         allowed=allowed[:MAX_ALLOWED_CHECKS],
         denied=denied,

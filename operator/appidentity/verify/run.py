@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..kube import ApiError, Http, Kube
 from ..model import Identity
 from ..rbac import Request, RuleDict, covered, excess, requests_of, rules_hash
 from .baseline import Baseline
+from .decide import RulesAnswer, answered, split
 from .jwt import K8S_CLAIM, Binding, JwtResult, key_id, unverified_claims, verify_token
 from .plan import Check, Plan
 
@@ -26,6 +27,7 @@ REVIEWS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="review")
 FACTS_TTL = 600.0
 VERSIONS_RETRY = 5.0  # a grant for an API the cluster does not serve re-reads this often
 PROBE_SECONDS = 600  # the shortest lifetime the API server grants a TokenRequest
+RULES_REVIEW = "SelfSubjectRulesReview"
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class CheckResult:
     request: Request
     expected_allowed: bool
     got_allowed: bool
-    via: str  # SelfSubjectAccessReview | request | SelfSubjectRulesReview
+    via: str  # SelfSubjectAccessReview | request | SelfSubjectRulesReview (RULES_REVIEW)
     source: str
     reason: str = ""
 
@@ -127,21 +129,36 @@ def _ask(http: Http, check: Check) -> CheckResult:
     )
 
 
+def _settled(
+    check: Check, allowed: bool, reviews: Mapping[str, RulesAnswer], refused: Sequence[Request]
+) -> CheckResult:
+    """A check the rules reviews answered, or (outside namespaces) a refusal for real of the
+    same request in a namespace: then no ClusterRoleBinding allows it (decide.py)."""
+    req = check.request
+    if answered(req, reviews) is None:
+        where = next(r.namespace for r in refused if replace(r, namespace="") == req)
+        why = f"refused for real in {where}, so no ClusterRoleBinding allows it"
+        return CheckResult(req, check.allowed, allowed, "request", check.source, why)
+    return CheckResult(req, check.allowed, allowed, RULES_REVIEW, check.source)
+
+
 def _real_requests(http: Http, plan: Plan, facts: ClusterFacts) -> list[CheckResult]:
-    wanted = [(r, True) for r in plan.real_reads]
-    if plan.real_denied:
-        wanted.append((plan.real_denied, False))
+    """The grant's reads made for real, and one boundary check tried for real (its result is
+    that check's: 403 proves it denied)."""
+    wanted = [Check(r, True, "real request") for r in plan.real_reads]
+    wanted += [c for c in plan.denied if c.request == plan.real_denied][:1]
     if not wanted:
         return []
-    versions = facts.versions(http, {req.group for req, _ in wanted})
-    out = []
-    for req, expect in wanted:
-        if req.group not in versions:
-            continue  # a grant for an API the cluster does not serve: nothing to read
+    versions = facts.versions(http, {c.request.group for c in wanted})
+
+    def attempt(check: Check) -> CheckResult:
+        req = check.request
         code = http.try_read(req, versions[req.group])
         got = code not in (401, 403)  # 404 on a get by name is authorized, just absent
-        out.append(CheckResult(req, expect, got, "request", "real request", f"HTTP {code}"))
-    return out
+        return CheckResult(req, check.allowed, got, "request", check.source, f"HTTP {code}")
+
+    # A grant for an API the cluster does not serve has nothing to read.
+    return list(REVIEWS.map(attempt, [c for c in wanted if c.request.group in versions]))
 
 
 def _grant_coverage(plan: Plan, effective: Sequence[RuleDict], namespace: str) -> list[CheckResult]:
@@ -158,7 +175,7 @@ def _grant_coverage(plan: Plan, effective: Sequence[RuleDict], namespace: str) -
                         req,
                         True,
                         False,
-                        "SelfSubjectRulesReview",
+                        RULES_REVIEW,
                         "grant coverage",
                         "granted but not in the token's effective rules",
                     )
@@ -169,8 +186,10 @@ def _grant_coverage(plan: Plan, effective: Sequence[RuleDict], namespace: str) -
 def check_access(
     http: Http, identity: Identity, plan: Plan, baseline: Baseline, facts: ClusterFacts
 ) -> Verification:
-    """Everything the token `http` carries is asked about itself: who it is, each grant, the
-    boundary, and the effective rules beyond grant and baseline."""
+    """Everything the token `http` carries is asked about itself: who it is, its effective rules
+    in each granted namespace, each grant and the boundary (answered by those rules where they
+    are complete, by an access review or a real request otherwise: `decide`), and the effective
+    rules beyond grant and baseline."""
     out = Verification()
     try:
         out.authenticated_as = http.whoami()
@@ -182,34 +201,37 @@ def check_access(
     if out.authenticated_as != identity.subject:
         out.error = f"the token authenticates as {out.authenticated_as!r}, not {identity.subject!r}"
         return out
-    out.results = list(REVIEWS.map(lambda c: _ask(http, c), [*plan.allowed, *plan.denied]))
-    out.results += _real_requests(http, plan, facts)
-    effective_by_ns, out.incomplete = effective_rules(http, plan.namespaces)
-    for ns, effective in effective_by_ns.items():
+    reviews = rules_reviews(http, plan.namespaces)
+    out.incomplete = any(not answer.complete for answer in reviews.values())
+    real = _real_requests(http, plan, facts)
+    tried = {Check(r.request, False, r.source) for r in real if not r.expected_allowed}
+    refused = [r.request for r in real if not r.got_allowed]
+    checks = [c for c in [*plan.allowed, *plan.denied] if c not in tried]
+    settled, asked = split(checks, reviews, refused)
+    out.results = [_settled(c, got, reviews, refused) for c, got in settled]
+    out.results += list(REVIEWS.map(lambda c: _ask(http, c), asked))
+    out.results += real
+    for ns, answer in reviews.items():
         granted = [*plan.grants[ns], *plan.grants.get("", [])]
-        found = excess(effective, [*granted, *baseline(ns)], ns)
+        found = excess(answer.rules, [*granted, *baseline(ns)], ns)
         if found:  # the baseline may have grown since it was read (a default binding added)
-            found = excess(effective, [*granted, *baseline(ns, max_age=BASELINE_RECHECK)], ns)
+            found = excess(answer.rules, [*granted, *baseline(ns, max_age=BASELINE_RECHECK)], ns)
         out.excess += found
-        out.results += _grant_coverage(plan, effective, ns)
-    out.rules_hash = rules_hash(effective_by_ns)
+        out.results += _grant_coverage(plan, answer.rules, ns)
+    out.rules_hash = rules_hash({ns: answer.rules for ns, answer in reviews.items()})
     return out
 
 
 BASELINE_RECHECK = 10.0  # seconds: a baseline older than this is read again before excess counts
 
 
-def effective_rules(
-    http: Http, namespaces: Sequence[str]
-) -> tuple[dict[str, list[RuleDict]], bool]:
-    """(namespace -> the token's effective rules there, whether any answer was incomplete)."""
-    by_ns: dict[str, list[RuleDict]] = {}
-    incomplete = False
+def rules_reviews(http: Http, namespaces: Sequence[str]) -> dict[str, RulesAnswer]:
+    """namespace -> the token's effective rules there, and whether the list is complete."""
+    answers = {}
     for ns in namespaces:
         found, partial = http.rules_review(ns)
-        by_ns[ns] = list(found)
-        incomplete |= partial
-    return by_ns, incomplete
+        answers[ns] = RulesAnswer(list(found), not partial)
+    return answers
 
 
 def rules_unchanged(http: Http, namespaces: Sequence[str], expected_hash: str) -> bool:
@@ -217,7 +239,8 @@ def rules_unchanged(http: Http, namespaces: Sequence[str], expected_hash: str) -
     did at the last full proof (one SelfSubjectRulesReview per namespace). False for a dead
     token (401: e.g. its Secret was deleted); other API errors are raised."""
     try:
-        return rules_hash(effective_rules(http, namespaces)[0]) == expected_hash
+        reviews = rules_reviews(http, namespaces)
+        return rules_hash({ns: a.rules for ns, a in reviews.items()}) == expected_hash
     except ApiError as exc:
         if exc.status != 401:
             raise
