@@ -24,6 +24,7 @@ from typing import Any
 
 import jwt
 from apiclient import Api, ApiError, Key, summarize
+from appidentity.kube.rest import PROBE_NAME
 from appidentity.model import parse_identity
 from appidentity.rbac import Request
 from appidentity.verify.decide import RulesAnswer, answered, split
@@ -46,9 +47,14 @@ def identity_body(namespace: str, name: str, labels: Mapping[str, str]) -> dict[
     }
 
 
-def _path(req: Request) -> str:
-    """A core-group list of the request's resource (the benchmark's grant is core ConfigMaps)."""
-    return f"/api/v1/namespaces/{req.namespace}/{req.resource}"
+def _read(api: Api, req: Request, token: str, ok: tuple[int, ...]) -> None:
+    """The read the operator makes for real (kube/rest.try_read): a get of the object (or of the
+    probe name), else a list with limit=1; core group only (the benchmark's grant is ConfigMaps)."""
+    path = f"/api/v1/namespaces/{req.namespace}/{req.resource}"
+    if req.verb == "get":
+        api.request("GET", f"{path}/{req.name or PROBE_NAME}", token=token, ok=ok)
+    else:
+        api.request("GET", path, params={"limit": "1"}, token=token, ok=ok)
 
 
 def check_plan(namespace: str, name: str) -> Plan:
@@ -355,12 +361,11 @@ class Direct:
             time.sleep(RBAC_RETRY_DELAY)
             answer, attempt = self._rules(token, ns), attempt + 1
         for req in plan.real_reads:
-            t.request("GET", _path(req), params={"limit": "1"}, token=token)
+            _read(t, req, token, ok=(200, 404))
         refused = []
         if plan.real_denied is not None:
-            req = plan.real_denied
-            t.request("GET", _path(req), params={"limit": "1"}, token=token, ok=(403,))
-            refused.append(req)
+            _read(t, plan.real_denied, token, ok=(403,))
+            refused.append(plan.real_denied)
         # The operator's own decision (verify/decide.py): what the rules review and the refusal
         # answer is not asked again; the rest is one SelfSubjectAccessReview each.
         checks = [c for c in [*plan.allowed, *plan.denied] if c.request not in refused]

@@ -308,14 +308,14 @@ def test_user_must_deny_is_kept_even_when_it_contradicts_the_grant(
 # --- real requests ------------------------------------------------------------------------------
 
 
-def test_real_reads_list_what_is_listable_and_get_what_is_named(
+def test_real_reads_get_what_is_gettable_and_list_the_rest(
     make_identity: IdentityFactory,
 ) -> None:
     spec = {
         "rules": [
             PODS_GET_LIST,
             SECRET_DB,
-            {"apiGroups": [""], "resources": ["services"], "verbs": ["get"]},  # no name to get
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["get"]},  # the probe name
             {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get", "list"]},  # subresource
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["update"]},  # not a read
             {
@@ -332,8 +332,9 @@ def test_real_reads_list_what_is_listable_and_get_what_is_named(
     }
     plan = plan_for(make_identity, spec)
     assert plan.real_reads == [
-        Request("list", "", "pods", "", "team-a"),
+        Request("get", "", "pods", "", "team-a"),
         Request("get", "", "secrets", "", "team-a", "db"),
+        Request("get", "", "services", "", "team-a"),
         Request("list", "", "nodes"),
     ]
 

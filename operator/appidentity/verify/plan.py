@@ -170,11 +170,13 @@ def _real_reads(granted: dict[str, list[tuple[str, RuleDict]]]) -> list[Request]
         for _, rule in items:
             verbs = rule.get("verbs") or []
             names = rule.get("resourceNames") or []
-            verb = "list" if "list" in verbs and not names else "get" if "get" in verbs else ""
+            # A get first: one object looked up (a name the rule gives, else kube/rest's probe
+            # name, 404 being allowed) costs the API server less than a consistent list.
+            verb = "get" if "get" in verbs else "list" if "list" in verbs and not names else ""
             if not verb or rule.get("nonResourceURLs"):
                 continue
             for req in requests_of({**rule, "verbs": [verb]}, ns):
-                if _is_concrete(req) and not req.subresource and (verb == "list" or req.name):
+                if _is_concrete(req) and not req.subresource:
                     reads.append(req)
                     break
     unique = list(dict.fromkeys(reads))
