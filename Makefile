@@ -92,11 +92,13 @@ IMAGE_TESTS ?= tests/integration/test_image.py tests/integration/test_provisioni
                tests/integration/test_selfcheck.py
 
 # The core that every supported version must pass: provisioning, the self-check, escalation and
-# the requester recording, the one-judge sample, the chart install, kstatus.
+# the requester recording, the one-judge sample, the chart install, kstatus, and the self-check
+# against a Webhook authorizer before RBAC.
 CORE_TESTS ?= tests/integration/test_control_plane.py tests/integration/test_provisioning.py \
               tests/integration/test_selfcheck.py tests/integration/test_escalation.py \
               tests/integration/test_requester.py tests/integration/test_one_judge.py \
-              tests/integration/test_chart.py tests/integration/test_gitops.py
+              tests/integration/test_chart.py tests/integration/test_gitops.py \
+              tests/integration/test_authz_webhook.py
 MATRIX = $(PY) hack/test_matrix.py --core "$(CORE_TESTS)"
 
 test: deps control-plane-oldest helm lint image ## everything on the newest release, the core on the oldest and in webhook mode, then from the image

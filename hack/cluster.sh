@@ -12,6 +12,10 @@
 #   hack/cluster.sh restart-apiserver [STATE_DIR]
 #                                       stop and start kube-apiserver alone, on the same port,
 #                                       etcd keeping its data (for fault tests)
+#   hack/cluster.sh authz-webhook on|off [STATE_DIR]
+#                                       put a Webhook authorizer before RBAC (on) or take it
+#                                       away (off), and wait until the API server applies it;
+#                                       see write_authz_config
 #
 # No kubelet and no scheduler: Pods never run. The operator's behaviour lives in RBAC, tokens
 # and garbage collection, which is exactly what these three processes provide.
@@ -41,6 +45,7 @@ log() { echo "cluster.sh: $*" >&2; }
 
 usage() {
   echo "usage: $0 up|down|status|restart-apiserver [STATE_DIR]   (default STATE_DIR: $repo/.state/cluster)" >&2
+  echo "       $0 authz-webhook on|off [STATE_DIR]" >&2
   exit 2
 }
 
@@ -171,30 +176,33 @@ make_pki() {
     'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=clientAuth')
   issue_cert admin "/O=system:masters/CN=admin" "$client"
   issue_cert controller-manager "/CN=system:kube-controller-manager" "$client"
-  make_audit_webhook_pki
+  # The audit webhook's: the operator's receiver is started with (paths under STATE_DIR/pki)
+  #   --audit-webhook-cert audit-receiver.crt --audit-webhook-key audit-receiver.key
+  #   --audit-webhook-client-ca audit-ca.crt --audit-webhook-port $(cat STATE_DIR/audit-webhook.port)
+  make_webhook_pki audit audit-receiver appidentity-audit-receiver kube-apiserver-audit
+  # The authorization webhook's (write_authz_config): the tests serve it (tests/authz_webhook.py).
+  make_webhook_pki authz authz-webhook appidentity-authz-webhook kube-apiserver-authz
   # Service-account tokens: the API server signs and verifies, the controller manager signs.
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
   chmod 600 "$pki"/*.key
 }
 
-# The audit webhook's own CA, apart from the cluster's: it signs the receiver's serving
-# certificate and the API server's client certificate, so a receiver trusting it as its client
-# CA accepts the API server and nothing else (not the admin, whose certificate the cluster CA
-# signed). The operator's receiver is started with (paths under STATE_DIR/pki):
-#   --audit-webhook-cert audit-receiver.crt --audit-webhook-key audit-receiver.key
-#   --audit-webhook-client-ca audit-ca.crt --audit-webhook-port $(cat STATE_DIR/audit-webhook.port)
-make_audit_webhook_pki() {
-  local pki="$state/pki"
-  openssl genrsa -out "$pki/audit-ca.key" 2048 2>/dev/null
-  openssl req -x509 -new -key "$pki/audit-ca.key" -subj "/CN=appidentity-local-audit-ca" \
+# A webhook's own CA, apart from the cluster's: it signs the webhook's serving certificate and
+# the API server's client certificate for it, so a webhook trusting it as its client CA accepts
+# the API server and nothing else (not the admin, whose certificate the cluster CA signed).
+# Files in STATE_DIR/pki: $1-ca, $2 (serving, CN $3), $1-client (CN $4).
+make_webhook_pki() {
+  local prefix=$1 server=$2 server_cn=$3 client_cn=$4 pki="$state/pki"
+  openssl genrsa -out "$pki/$prefix-ca.key" 2048 2>/dev/null
+  openssl req -x509 -new -key "$pki/$prefix-ca.key" -subj "/CN=appidentity-local-$prefix-ca" \
     -days 365 -sha256 -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign" -out "$pki/audit-ca.crt"
+    -addext "keyUsage=critical,keyCertSign,cRLSign" -out "$pki/$prefix-ca.crt"
   local usage=('basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment')
-  issue_cert audit-receiver "/CN=appidentity-audit-receiver" "$(printf '%s\n' "${usage[@]}" \
-    'extendedKeyUsage=serverAuth' 'subjectAltName=IP:127.0.0.1,DNS:localhost')" audit-ca
-  issue_cert audit-client "/CN=kube-apiserver-audit" "$(printf '%s\n' "${usage[@]}" \
-    'extendedKeyUsage=clientAuth')" audit-ca
+  issue_cert "$server" "/CN=$server_cn" "$(printf '%s\n' "${usage[@]}" \
+    'extendedKeyUsage=serverAuth' 'subjectAltName=IP:127.0.0.1,DNS:localhost')" "$prefix-ca"
+  issue_cert "$prefix-client" "/CN=$client_cn" "$(printf '%s\n' "${usage[@]}" \
+    'extendedKeyUsage=clientAuth')" "$prefix-ca"
 }
 
 # A kubeconfig with every credential embedded, so it stays valid when copied elsewhere.
@@ -291,34 +299,48 @@ audit_flags() {
 # writes an error and the batch's Events (`AUDIT: id=...`, Metadata level) to its own log,
 # logs/kube-apiserver.log. The audit log file beside it is unaffected.
 write_audit_webhook() {
-  local pki="$state/pki" port
-  if [ -f "$state/audit-webhook.port" ]; then
-    port=$(<"$state/audit-webhook.port")
+  local port
+  webhook_port audit port
+  write_webhook_kubeconfig audit "https://127.0.0.1:$port/audit"
+}
+
+# Stores in the variable named $2 the port of webhook $1, picked once and kept in
+# STATE_DIR/$1-webhook.port, so the API server and whoever serves the webhook agree on it.
+webhook_port() {
+  local file="$state/$1-webhook.port"
+  if [ -f "$file" ]; then
+    printf -v "$2" '%s' "$(<"$file")"
   else
-    free_port port
-    echo "$port" >"$state/audit-webhook.port"
+    free_port "$2"
+    echo "${!2}" >"$file"
   fi
-  cat >"$state/audit-webhook.kubeconfig" <<EOF
+}
+
+# STATE_DIR/$1-webhook.kubeconfig: the webhook at URL $2, trusted through $1-ca, the API server
+# presenting $1-client (make_webhook_pki).
+write_webhook_kubeconfig() {
+  local prefix=$1 url=$2 pki="$state/pki" file="$state/$1-webhook.kubeconfig"
+  cat >"$file" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
-- name: appidentity-audit-receiver
+- name: appidentity-$prefix-webhook
   cluster:
-    server: https://127.0.0.1:$port/audit
-    certificate-authority-data: $(base64 -w0 "$pki/audit-ca.crt")
+    server: $url
+    certificate-authority-data: $(base64 -w0 "$pki/$prefix-ca.crt")
 users:
 - name: kube-apiserver
   user:
-    client-certificate-data: $(base64 -w0 "$pki/audit-client.crt")
-    client-key-data: $(base64 -w0 "$pki/audit-client.key")
+    client-certificate-data: $(base64 -w0 "$pki/$prefix-client.crt")
+    client-key-data: $(base64 -w0 "$pki/$prefix-client.key")
 contexts:
-- name: audit
+- name: $prefix
   context:
-    cluster: appidentity-audit-receiver
+    cluster: appidentity-$prefix-webhook
     user: kube-apiserver
-current-context: audit
+current-context: $prefix
 EOF
-  chmod 600 "$state/audit-webhook.kubeconfig"
+  chmod 600 "$file"
 }
 
 # Batches of at most 2 s, so a receiver sees a request within seconds; failed sends retried
@@ -327,6 +349,58 @@ audit_webhook_flags() {
   echo --audit-webhook-config-file="$state/audit-webhook.kubeconfig" \
     --audit-webhook-mode=batch --audit-webhook-batch-max-wait=2s \
     --audit-webhook-initial-backoff=1s
+}
+
+# Authorization is structured configuration (apiserver.config.k8s.io/v1: GA in 1.32 and read by
+# every release of the window), not --authorization-mode=RBAC, so that a Webhook authorizer can
+# be put before RBAC while the API server runs: it watches this file (inotify, else a poll every
+# minute) and applies a valid change within about a second. $1 off: RBAC alone (what `up`
+# writes); on: first the webhook at STATE_DIR/authz-webhook.port (served by the tests,
+# tests/authz_webhook.py), asked only about ServiceAccounts of namespaces named authz-webhook-*,
+# no opinion when it cannot be reached; then RBAC. Written by a rename, never half a file.
+write_authz_config() {
+  local file="$state/authorization-config.yaml"
+  {
+    printf '%s\n' 'apiVersion: apiserver.config.k8s.io/v1' 'kind: AuthorizationConfiguration' \
+      'authorizers:'
+    # The shortest cache lives allowed (> 0): a test changes the webhook's answers at will.
+    [ "$1" = off ] || cat <<EOF
+- type: Webhook
+  name: authz-webhook
+  webhook:
+    timeout: 3s
+    authorizedTTL: 1ms
+    unauthorizedTTL: 1ms
+    subjectAccessReviewVersion: v1
+    matchConditionSubjectAccessReviewVersion: v1
+    failurePolicy: NoOpinion
+    connectionInfo:
+      type: KubeConfigFile
+      kubeConfigFile: $state/authz-webhook.kubeconfig
+    matchConditions:
+    - expression: "request.user.startsWith('system:serviceaccount:authz-webhook-')"
+EOF
+    printf '%s\n' '- type: RBAC' '  name: rbac'
+  } >"$file.new"
+  mv "$file.new" "$file"
+}
+
+# The authorization webhook's port and kubeconfig, made once like the audit webhook's; the
+# chain itself is left as it is, so a restarted API server keeps the webhook if a test put it in.
+write_authz_webhook() {
+  local port
+  webhook_port authz port
+  write_webhook_kubeconfig authz "https://127.0.0.1:$port/authorize"
+  [ -f "$state/authorization-config.yaml" ] || write_authz_config off
+}
+
+# A Webhook authorizer cannot list rules, so with one in the chain every SelfSubjectRulesReview,
+# the admin's too, says `incomplete: true`; with RBAC alone, never. Prints on or off.
+authz_webhook_state() {
+  local review='{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectRulesReview","spec":{"namespace":"default"}}' answer
+  answer=$(admin_curl -X POST -H 'Content-Type: application/json' --data "$review" \
+    "$(apiserver_url)/apis/authorization.k8s.io/v1/selfsubjectrulesreviews") || return 1
+  if [[ "$answer" =~ \"incomplete\":\ *true ]]; then echo on; else echo off; fi
 }
 
 # With a port argument the API server comes back where it was: same issuer, same kubeconfigs.
@@ -339,6 +413,7 @@ start_apiserver() {
   write_kubeconfig "$state/controller-manager.kubeconfig" controller-manager "$url"
   write_audit_policy
   write_audit_webhook
+  write_authz_webhook
   # shellcheck disable=SC2046 # audit_flags' words hold no spaces (paths in the state dir)
   start_detached kube-apiserver $(audit_flags) $(audit_webhook_flags) \
     --etcd-servers="$etcd_url" \
@@ -347,7 +422,7 @@ start_apiserver() {
     --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
     --cert-dir="$pki" \
     --client-ca-file="$pki/ca.crt" \
-    --authorization-mode=RBAC \
+    --authorization-config="$state/authorization-config.yaml" \
     --service-account-issuer="$url" --api-audiences="$url" \
     --service-account-key-file="$pki/sa.pub" \
     --service-account-signing-key-file="$pki/sa.key" \
@@ -385,8 +460,10 @@ cmd_up() {
   bin=$("$here/build-control-plane.sh" | tail -n 1)
   [ -x "$bin/kube-apiserver" ] || die "build-control-plane.sh did not yield a bin dir (got: $bin)"
   link_kubectl
-  # A control plane started before the audit webhook existed is started afresh, too.
-  if ! is_ready || ! same_version || [ ! -f "$state/audit-webhook.port" ]; then
+  # A control plane started before the audit webhook or the authorization webhook existed is
+  # started afresh, too.
+  if ! is_ready || ! same_version || [ ! -f "$state/audit-webhook.port" ] ||
+    [ ! -f "$state/authz-webhook.port" ]; then
     # Half-started or crashed leftovers: start from scratch rather than repair.
     stop_all
     rm -rf "$state"
@@ -422,13 +499,42 @@ cmd_restart_apiserver() {
   log "kube-apiserver restarted at $url"
 }
 
+# Puts the Webhook authorizer into the chain or takes it out, then waits (up to 75 s: a reload
+# missed by inotify comes with the API server's one-minute poll) until the API server's answers
+# show it. A change that does not parse is refused in the API server's log, which is shown.
+cmd_authz_webhook() {
+  local mode=$1 began=$EPOCHREALTIME
+  is_ready || die "not running; start it with: $0 up $state"
+  write_authz_config "$mode"
+  until [ "$(authz_webhook_state 2>/dev/null)" = "$mode" ]; do
+    if [ "$(elapsed_ms "$began")" -ge 75000 ]; then
+      grep -i 'authoriz.*config' "$state/logs/kube-apiserver.log" | tail -n 5 >&2 || true
+      die "the API server did not apply authorization webhook $mode within 75s"
+    fi
+    sleep 0.1
+  done
+  log "authorization webhook $mode, applied after $(elapsed_ms "$began") ms"
+}
+
+elapsed_ms() {
+  local now=$EPOCHREALTIME
+  echo $(((${now/./} - ${1/./}) / 1000))
+}
+
 cmd_status() {
   if is_ready; then echo "running at $(apiserver_url)"; else echo "not running"; return 1; fi
 }
 
 main() {
-  if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; fi
-  local cmd=$1
+  if [ $# -lt 1 ] || [ $# -gt 3 ]; then usage; fi
+  local cmd=$1 mode=""
+  if [ "$cmd" = authz-webhook ]; then
+    [ "${2:-}" = on ] || [ "${2:-}" = off ] || usage
+    mode=$2
+    shift
+  elif [ $# -gt 2 ]; then
+    usage
+  fi
   state=${2:-$repo/.state/cluster}
   mkdir -p "$(dirname "$state")"
   state=$(cd "$(dirname "$state")" && pwd)/$(basename "$state")
@@ -440,6 +546,7 @@ main() {
     down) cmd_down ;;
     status) cmd_status ;;
     restart-apiserver) cmd_restart_apiserver ;;
+    authz-webhook) cmd_authz_webhook "$mode" ;;
     *) usage ;;
   esac
 }
