@@ -154,6 +154,9 @@ def _real_requests(http: Http, plan: Plan, facts: ClusterFacts) -> list[CheckRes
     def attempt(check: Check) -> CheckResult:
         req = check.request
         code = http.try_read(req, versions[req.group])
+        if code == 0 or code >= 500:
+            # No verdict: e.g. an authorizer webhook that failed makes a refusal a 500.
+            raise ApiError(code, "NoAnswer", f"the real request {req.describe()} got HTTP {code}")
         got = code not in (401, 403)  # 404 on a get by name is authorized, just absent
         return CheckResult(req, check.allowed, got, "request", check.source, f"HTTP {code}")
 
