@@ -104,7 +104,10 @@ def test_no_opinion_changes_nothing_but_rules_reviews_say_incomplete(
     gated_namespace: str,
     token_api: Callable[[Token], client.ApiClient],
 ) -> None:
-    ready_identity(kube, gated_namespace)
+    obj = ready_identity(kube, gated_namespace)
+    # The operator saw the rules review was incomplete, so each check was an access review
+    # (verify/decide.py), and it says so.
+    assert "rules review incomplete" in condition(obj, "AccessVerified")["message"]
     assert user_of(gated_namespace) in authz_webhook.users_asked_about()
     strangers = {
         u

@@ -63,7 +63,9 @@ def test_a_refusal_for_real_in_a_namespace_proves_the_cluster_wide_request_denie
     assert answered(Request("list", "", "pods"), reviews, refused) is False
     assert answered(Request("get", "", "pods"), reviews, refused) is None  # another verb
     # Only where the chain lists its rules: a webhook may allow what it refused elsewhere.
-    assert answered(Request("list", "", "pods"), {"team-a": RulesAnswer([], False)}, refused) is None
+    assert (
+        answered(Request("list", "", "pods"), {"team-a": RulesAnswer([], False)}, refused) is None
+    )
 
 
 def test_one_complete_review_is_enough_outside_namespaces() -> None:
