@@ -27,11 +27,12 @@ from apiclient import Api, ApiError, Key, summarize
 from appidentity.kube.rest import PROBE_NAME
 from appidentity.model import parse_identity
 from appidentity.rbac import Request
-from appidentity.verify.decide import RulesAnswer, answered, split
+from appidentity.verify.decide import Answer, RulesAnswer, answered, split
 from appidentity.verify.plan import Check, Plan, build_plan
 from procs import KUBECTL
 
 RULE = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
+DENIED = Answer(False)  # what the rules review says of a grant RBAC has not taken in yet
 TOKEN_SECONDS = 3600
 RBAC_RETRIES = 20  # RBAC reaches the authorizer's cache a moment after the write
 RBAC_RETRY_DELAY = 0.1
@@ -59,7 +60,7 @@ def _read(api: Api, req: Request, token: str, ok: tuple[int, ...]) -> None:
 
 def check_plan(namespace: str, name: str) -> Plan:
     """The operator's own list of questions for this spec (pure code, no framework), so the
-    lower bound asks exactly the same SelfSubjectAccessReviews as the operator."""
+    lower bound proves exactly what the operator proves."""
     body = identity_body(namespace, name, {})
     body["metadata"]["generation"] = 1
     return build_plan(parse_identity(body), set(), {})
@@ -353,7 +354,7 @@ class Direct:
         plan = check_plan(ns, name)
         answer = self._rules(token, ns)
         attempt = 0  # the Role and RoleBinding reach the authorizer a moment after they are written
-        while not all(answered(c.request, {ns: answer}) is not False for c in plan.allowed):
+        while any(answered(c.request, {ns: answer}) == DENIED for c in plan.allowed):
             if attempt == RBAC_RETRIES:
                 raise AssertionError(f"{ns}/{name}: the grant is not in the token's rules")
             with self._lock:
@@ -364,14 +365,14 @@ class Direct:
             _read(t, req, token, ok=(200, 404))
         refused = []
         if plan.real_denied is not None:
-            _read(t, plan.real_denied, token, ok=(403,))
-            refused.append(plan.real_denied)
+            _read(t, plan.real_denied.request, token, ok=(403,))
+            refused.append(plan.real_denied.request)
         # The operator's own decision (verify/decide.py): what the rules review and the refusal
         # answer is not asked again; the rest is one SelfSubjectAccessReview each.
-        checks = [c for c in [*plan.allowed, *plan.denied] if c.request not in refused]
+        checks = [c for c in [*plan.allowed, *plan.denied] if c != plan.real_denied]
         settled, asked = split(checks, {ns: answer}, refused)
         for check, got in settled:
-            if got != check.allowed:
+            if got.allowed != check.allowed:
                 raise AssertionError(
                     f"{ns}/{name}: {check.request} expected allowed={check.allowed}"
                 )

@@ -33,6 +33,14 @@ from .plan import Check
 
 
 @dataclass(frozen=True)
+class Answer:
+    """A check answered without an access review of its own."""
+
+    allowed: bool
+    refused_in: str = ""  # the namespace the same request was refused in for real; "": the review
+
+
+@dataclass(frozen=True)
 class RulesAnswer:
     """A SelfSubjectRulesReview's answer in one namespace."""
 
@@ -42,26 +50,30 @@ class RulesAnswer:
 
 def answered(
     req: Request, reviews: Mapping[str, RulesAnswer], refused: Collection[Request] = ()
-) -> bool | None:
-    """Whether `req` is allowed, as the rules reviews (and the requests `refused` for real, each
-    in a namespace) prove it; None when they cannot."""
+) -> Answer | None:
+    """How `req` is answered by the rules reviews (and the requests `refused` for real, each in
+    a namespace); None when only an access review can tell."""
     if req.namespace:
         found = reviews.get(req.namespace)
-        return covered(found.rules, req) if found is not None and found.complete else None
+        if found is None or not found.complete:
+            return None
+        return Answer(covered(found.rules, req))
     complete = [found for found in reviews.values() if found.complete]
     if any(not covered(found.rules, req) for found in complete):
-        return False
-    if complete and any(replace(r, namespace="") == req for r in refused if r.namespace):
-        return False
+        return Answer(False)
+    if complete:
+        for r in refused:
+            if r.namespace and replace(r, namespace="") == req:
+                return Answer(False, r.namespace)
     return None
 
 
 def split(
     checks: Sequence[Check], reviews: Mapping[str, RulesAnswer], refused: Collection[Request] = ()
-) -> tuple[list[tuple[Check, bool]], list[Check]]:
-    """([(check, allowed) the rules reviews and refusals answer], [checks that need an access
+) -> tuple[list[tuple[Check, Answer]], list[Check]]:
+    """([(check, its answer) from the rules reviews and refusals], [checks that need an access
     review])."""
-    settled: list[tuple[Check, bool]] = []
+    settled: list[tuple[Check, Answer]] = []
     asked: list[Check] = []
     for check in checks:
         got = answered(check.request, reviews, refused)

@@ -32,7 +32,7 @@ class Plan:
     # namespace -> rules granted there; "" holds the cluster-wide rules
     grants: dict[str, list[RuleDict]]
     real_reads: list[Request] = field(default_factory=list)
-    real_denied: Request | None = None  # a boundary check's request, also tried for real
+    real_denied: Check | None = None  # a boundary check, tried for real: its 403 answers it
     truncated: int = 0  # allowed checks not asked because of MAX_ALLOWED_CHECKS
 
     @property
@@ -198,13 +198,15 @@ def build_plan(
     # A denial tried for real, which then answers its check: preferably one in a namespace
     # that no rules review covers (it would need an access review of its own), a list first.
     readable = [
-        c.request
+        c
         for c in boundary
         if c.request.verb in ("list", "get") and not c.request.subresource and c.request.namespace
     ]
     reviewed = set(proven_namespaces(identity, consenting))
     real_denied = min(
-        readable, key=lambda r: (r.namespace in reviewed, r.verb != "list"), default=None
+        readable,
+        key=lambda c: (c.request.namespace in reviewed, c.request.verb != "list"),
+        default=None,
     )
     return Plan(
         allowed=allowed[:MAX_ALLOWED_CHECKS],

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..kube import ApiError, Http, Kube
 from ..model import Identity
 from ..rbac import Request, RuleDict, covered, excess, requests_of, rules_hash
 from .baseline import Baseline
-from .decide import RulesAnswer, answered, split
+from .decide import Answer, RulesAnswer, split
 from .jwt import K8S_CLAIM, Binding, JwtResult, key_id, unverified_claims, verify_token
 from .plan import Check, Plan
 
@@ -129,24 +129,20 @@ def _ask(http: Http, check: Check) -> CheckResult:
     )
 
 
-def _settled(
-    check: Check, allowed: bool, reviews: Mapping[str, RulesAnswer], refused: Sequence[Request]
-) -> CheckResult:
-    """A check the rules reviews answered, or (outside namespaces) a refusal for real of the
-    same request in a namespace: then no ClusterRoleBinding allows it (decide.py)."""
-    req = check.request
-    if answered(req, reviews) is None:
-        where = next(r.namespace for r in refused if replace(r, namespace="") == req)
-        why = f"refused for real in {where}, so no ClusterRoleBinding allows it"
-        return CheckResult(req, check.allowed, allowed, "request", check.source, why)
-    return CheckResult(req, check.allowed, allowed, RULES_REVIEW, check.source)
+def _settled(check: Check, answer: Answer) -> CheckResult:
+    """A check the rules reviews answered, or a refusal for real of the same request in a
+    namespace: then no ClusterRoleBinding allows it (decide.py)."""
+    if answer.refused_in:
+        why = f"refused for real in {answer.refused_in}, so no ClusterRoleBinding allows it"
+        return CheckResult(check.request, check.allowed, False, "request", check.source, why)
+    return CheckResult(check.request, check.allowed, answer.allowed, RULES_REVIEW, check.source)
 
 
 def _real_requests(http: Http, plan: Plan, facts: ClusterFacts) -> list[CheckResult]:
     """The grant's reads made for real, and one boundary check tried for real (its result is
     that check's: 403 proves it denied)."""
     wanted = [Check(r, True, "real request") for r in plan.real_reads]
-    wanted += [c for c in plan.denied if c.request == plan.real_denied][:1]
+    wanted += [plan.real_denied] if plan.real_denied else []
     if not wanted:
         return []
     versions = facts.versions(http, {c.request.group for c in wanted})
@@ -207,11 +203,11 @@ def check_access(
     reviews = rules_reviews(http, plan.namespaces)
     out.incomplete = any(not answer.complete for answer in reviews.values())
     real = _real_requests(http, plan, facts)
-    tried = {Check(r.request, False, r.source) for r in real if not r.expected_allowed}
+    tried = any(not r.expected_allowed for r in real)  # plan.real_denied, answered for real
     refused = [r.request for r in real if not r.got_allowed]
-    checks = [c for c in [*plan.allowed, *plan.denied] if c not in tried]
+    checks = [c for c in [*plan.allowed, *plan.denied] if not (tried and c == plan.real_denied)]
     settled, asked = split(checks, reviews, refused)
-    out.results = [_settled(c, got, reviews, refused) for c, got in settled]
+    out.results = [_settled(c, answer) for c, answer in settled]
     out.results += list(REVIEWS.map(lambda c: _ask(http, c), asked))
     out.results += real
     for ns, answer in reviews.items():
