@@ -196,23 +196,25 @@ def token_api(cluster: Cluster) -> Iterator[Callable[[Token | str], client.ApiCl
 # --- namespaces --------------------------------------------------------------------------------
 
 
-def namespace_name(test_name: str) -> str:
-    """A unique, valid DNS label (<= 63 chars) that still says which test made it."""
+def namespace_name(test_name: str, prefix: str = "") -> str:
+    """A unique, valid DNS label (<= 63 chars) that starts with `prefix` and still says which
+    test made it."""
     slug = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-") or "test"
     suffix = uuid.uuid4().hex[:6]
-    return f"{slug[: 63 - len(suffix) - 1].rstrip('-')}-{suffix}"
+    return f"{prefix}{slug[: 63 - len(prefix) - len(suffix) - 1].rstrip('-')}-{suffix}"
 
 
 @pytest.fixture
 def make_namespace(
     admin_api: client.ApiClient, request: pytest.FixtureRequest
-) -> Iterator[Callable[[], str]]:
-    """Factory for extra namespaces, all deleted (without waiting) when the test ends."""
+) -> Iterator[Callable[..., str]]:
+    """Factory for extra namespaces (named with an optional prefix), all deleted (without
+    waiting) when the test ends."""
     core = client.CoreV1Api(admin_api)
     created: list[str] = []
 
-    def make() -> str:
-        name = namespace_name(request.node.name)
+    def make(prefix: str = "") -> str:
+        name = namespace_name(request.node.name, prefix)
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         created.append(name)
         return name

@@ -5,7 +5,6 @@ reviews and the real request made with the token can."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -50,13 +49,9 @@ def authz_webhook(cluster: Cluster) -> Iterator[AuthzWebhook]:
 
 
 @pytest.fixture
-def gated_namespace(admin_api: client.ApiClient) -> Iterator[str]:
+def gated_namespace(make_namespace: Callable[[str], str]) -> str:
     """A namespace whose ServiceAccounts the webhook is asked about."""
-    core = client.CoreV1Api(admin_api)
-    name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:8]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    return make_namespace(NAMESPACE_PREFIX)
 
 
 def user_of(namespace: str) -> str:
