@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from appidentity.kube import Kube
 from appidentity.rbac import Request, covered
-from support import create
+from support import create, wait_until
 
 USER = "appid-test-arithmetic"
 RBAC = "rbac.authorization.k8s.io"
@@ -52,6 +52,10 @@ def bound_user(kube: Kube) -> Iterator[str]:
             "subjects": [{"apiGroup": RBAC, "kind": "User", "name": USER}],
         },
     )
+    # RBAC reaches the authorizer a moment after it is written: the comparison starts once the
+    # exact URL is allowed (the first URLs asked were sometimes denied under load).
+    exact = Request("get", url="/appid-d")
+    wait_until(lambda: kube.subject_access_review({"user": USER}, exact), 10, "the binding")
     yield USER
     kube.delete("ClusterRoleBinding", None, USER)
     kube.delete("ClusterRole", None, USER)
