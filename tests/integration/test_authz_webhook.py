@@ -152,3 +152,26 @@ def test_the_webhooks_verdict_against_rbacs_fails_the_proof(
     assert (check["expected"], check["got"]) == (expected, got), check
     assert f"{verb} {resource} in {gated_namespace}" in condition(obj, "AccessVerified")["message"]
     assert (user_of(gated_namespace), action, verdict) in authz_webhook.asked
+
+
+def test_a_repair_whose_proof_fails_at_first_is_proven_again_until_it_passes(
+    kube: Kube, authz_webhook: AuthzWebhook, gated_namespace: str
+) -> None:
+    # A failure right after the operator's own RBAC writes is asked again (RBAC lag), with the
+    # identity Verifying meanwhile. Here the webhook's denial stands in for the lag, and lifts
+    # while the retries run: the next retry must prove in full and find the identity Ready,
+    # not re-check the rules (unchanged by the repair) and stay Verifying.
+    ready_identity(kube, gated_namespace)
+    user = user_of(gated_namespace)
+    authz_webhook.decide(user, deny=[("list", "", "configmaps", "", gated_namespace)])
+    someone_else = {"kind": "ServiceAccount", "name": "someone-else", "namespace": gated_namespace}
+    merge_patch(kube, "RoleBinding", gated_namespace, NAME, {"subjects": [someone_else]})
+
+    def verifying() -> bool:
+        obj = kube.get("AppIdentity", gated_namespace, NAME) or {}
+        return condition(obj, "AccessVerified").get("reason") == "Verifying"
+
+    wait_until(verifying, 30, "the repaired identity's failing proof to be asked again")
+    authz_webhook.decide(user)
+    obj = wait_ready(kube, gated_namespace, NAME, timeout=30)
+    assert condition(obj, "AccessVerified")["status"] == "True", condition(obj, "AccessVerified")

@@ -79,12 +79,7 @@ def prove(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof:
     if cond.reason == KEYS_UNAVAILABLE:
         return _keys_unavailable(case, mem, cond)
     if cond.status is not True and (mem.retries or done.wrote) and mem.retries < len(RETRY_DELAYS):
-        delay = RETRY_DELAYS[mem.retries]
-        mem.retries += 1
-        pending = st.Condition(
-            st.ACCESS_VERIFIED, None, VERIFYING, f"re-checking in {delay:.0f}s: {cond.message}"
-        )
-        return Proof(pending, case.previous.get("verification"), delay, check="full")
+        return ask_again(case, mem, cond)
     # A proof woken by an event that shows nothing new may have beaten the authorizer to it.
     settle = mem.verify_soon and not done.wrote and ver.rules_hash == mem.rules_hash
     _remember(rt, case, done.token, mem, plan, ver, cond.status is True, settle)
@@ -92,6 +87,20 @@ def prove(rt: Runtime, case: Case, done: Applied, mem: Memory) -> Proof:
     assert mem.timetable is not None
     wake = mem.timetable.next_wake(now)
     return Proof(cond, verification_status(ver, now), wake, extra, "full")
+
+
+def ask_again(case: Case, mem: Memory, cond: st.Condition) -> Proof:
+    """A failure right after the operator's own RBAC writes: no outcome yet, the whole proof
+    asked again after the next of RETRY_DELAYS. The last proof's timetable goes with it: kept,
+    its re-check would answer the retry's wake-up and leave the identity Verifying until the
+    next full proof (a day later), as a drift repaired under RBAC lag once did."""
+    delay = RETRY_DELAYS[mem.retries]
+    mem.retries += 1
+    mem.timetable, mem.verify_soon = None, True
+    pending = st.Condition(
+        st.ACCESS_VERIFIED, None, VERIFYING, f"re-checking in {delay:.0f}s: {cond.message}"
+    )
+    return Proof(pending, case.previous.get("verification"), delay, check="full")
 
 
 def _keys_unavailable(case: Case, mem: Memory, cond: st.Condition) -> Proof:
