@@ -1,13 +1,16 @@
-"""TokenTransport's connection reuse, with stand-in connections: no API behaviour involved."""
+"""TokenTransport's and OwnTransport's connection reuse and credentials, with stand-in
+connections: no API behaviour involved."""
 
 from __future__ import annotations
 
 import http.client
+import socket
 import ssl
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
-from appidentity.kube import ApiError, Http, TokenTransport
+from appidentity.kube import ApiError, Http, OwnTransport, TokenTransport
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl"
 
@@ -28,6 +31,7 @@ class Connection:
     def __init__(self, *_: Any, dead: bool = False, will_close: bool = False, **__: Any) -> None:
         self.dead, self.will_close, self.closed = dead, will_close, False
         self.headers: dict[str, str] = {}
+        self.sock: socket.socket | None = None
         Connection.made.append(self)
 
     def request(self, method: str, url: str, body: Any = None, headers: Any = None) -> None:
@@ -83,3 +87,68 @@ def test_a_connection_the_server_will_close_is_not_kept(transport: TokenTranspor
     transport._idle.append(Connection(will_close=True))  # type: ignore[arg-type]
     transport.send("GET", "/x", {}, None)
     assert transport._idle == []
+
+
+def test_an_idle_connection_the_server_closed_is_dropped_before_it_is_tried(
+    transport: TokenTransport,
+) -> None:
+    mine, theirs = socket.socketpair()
+    theirs.close()  # the server's end: the idle connection now reads as ready (end of stream)
+    stale = Connection()
+    stale.sock = mine
+    transport._idle.append(stale)  # type: ignore[arg-type]
+    assert transport.send("POST", "/x", {}, {"a": 1})[0] == 200
+    assert stale.closed and stale.headers == {}  # never sent on
+    mine.close()
+
+
+class Settings:
+    """The kubernetes client's Configuration as OwnTransport reads it."""
+
+    host = "https://127.0.0.1:6443"
+
+    def __init__(self, token: str) -> None:
+        self.api_key = {"authorization": f"Bearer {token}"}
+        self.refresh_api_key_hook = None
+
+    def auth_settings(self) -> dict[str, Any]:
+        return {"BearerToken": {"value": self.api_key["authorization"]}}
+
+
+@pytest.fixture
+def own(monkeypatch: pytest.MonkeyPatch) -> OwnTransport:
+    Connection.made = []
+    monkeypatch.setattr(http.client, "HTTPSConnection", Connection)
+    reloaded = Settings("fresh")
+    return OwnTransport(Settings("old"), ssl.create_default_context(), lambda: reloaded)  # type: ignore[arg-type]
+
+
+def test_the_operators_own_requests_carry_its_credentials_and_its_name(own: OwnTransport) -> None:
+    own.send("GET", "/api", {}, None)
+    headers = Connection.made[0].headers
+    assert headers["Authorization"] == "Bearer old"
+    assert headers["User-Agent"].startswith("appidentity-operator/")
+
+
+def test_a_write_that_met_a_closed_connection_is_not_sent_twice(own: OwnTransport) -> None:
+    own._idle.append(Connection(dead=True))  # type: ignore[arg-type]
+    with pytest.raises(http.client.RemoteDisconnected):
+        own.send("POST", "/api/v1/namespaces/a/serviceaccounts", {}, {"kind": "ServiceAccount"})
+    own._idle.append(Connection(dead=True))  # type: ignore[arg-type]
+    assert own.send("GET", "/api", {}, None)[0] == 200  # a read is
+
+
+def test_a_refused_credential_is_read_again_and_the_request_sent_once_more(
+    own: OwnTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = iter([401, 200])
+    monkeypatch.setattr(Response, "__init__", _status(answers))
+    assert own.send("GET", "/api", {}, None)[0] == 200
+    assert [c.headers["Authorization"] for c in Connection.made][-1] == "Bearer fresh"
+
+
+def _status(answers: Iterator[int]) -> Callable[..., None]:
+    def init(self: Response, will_close: bool = False) -> None:
+        self.status, self.reason, self.will_close = next(answers), "", will_close
+
+    return init

@@ -8,13 +8,20 @@ own; `transport`: how they travel). No decisions are made here.
 
 from .client import Kube
 from .rest import ApiError, Http, load_configuration, path_for, public_openid
-from .transport import ClientTransport, TokenTransport, credential_free, token_transport
+from .transport import (
+    ClientTransport,
+    OwnTransport,
+    TokenTransport,
+    credential_free,
+    token_transport,
+)
 
 __all__ = [
     "ApiError",
     "ClientTransport",
     "Http",
     "Kube",
+    "OwnTransport",
     "TokenTransport",
     "credential_free",
     "load_configuration",

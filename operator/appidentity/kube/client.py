@@ -15,7 +15,7 @@ from kubernetes import client
 from .. import FIELD_MANAGER, GROUP, VERSION
 from ..rbac import Request
 from .rest import ApiError, Http, load_configuration, path_for, review_attributes
-from .transport import ClientTransport, token_transport
+from .transport import own_transport, token_transport
 
 
 class Kube(Http):
@@ -28,7 +28,7 @@ class Kube(Http):
         public_server: str | None = None,
         reload: Callable[[], client.Configuration] | None = None,
     ):
-        super().__init__(api, ClientTransport(api, own_credentials=True, reload=reload))
+        super().__init__(api, own_transport(api, ca_crt, reload))
         self.ca_crt = ca_crt
         # The address written into identities' kubeconfigs; in a cluster the operator's own
         # address is the in-cluster Service, which is right for Pods but not for laptops.
