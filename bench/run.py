@@ -495,7 +495,7 @@ class Ctx:
                 "APPID_BENCH_PROFILE": str(self.work / profile_name),
             }
             if args.profile_memory:
-                env["APPID_BENCH_TRACEMALLOC"] = "1"
+                env["APPID_BENCH_TRACEMALLOC"] = "12"  # frames per allocation, for by_owner
             if args.profile_functions:
                 env["APPID_BENCH_CPROFILE"] = "1"
         return Operator(
