@@ -15,7 +15,7 @@ def compact(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
-@dataclass
+@dataclass(slots=True)
 class Tracked:
     memory: Memory = field(default_factory=Memory)
     # The AppIdentity as last delivered by the watch, and the status last written while the
@@ -41,7 +41,10 @@ class Registry:
 
     def get(self, key: str) -> Tracked:
         with self._lock:
-            return self._items.setdefault(key, Tracked())
+            tracked = self._items.get(key)
+            if tracked is None:
+                tracked = self._items[key] = Tracked()
+            return tracked
 
     def find(self, key: str) -> Tracked | None:
         with self._lock:

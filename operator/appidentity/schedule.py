@@ -26,7 +26,7 @@ class Due(Enum):
     NOTHING = "nothing"  # woken early: nothing is due yet
 
 
-@dataclass
+@dataclass(slots=True)
 class Timetable:
     """When the last full proof's facts go stale, as kept between wake-ups of one identity."""
 

@@ -33,11 +33,16 @@ def test_a_child_as_wanted_is_remembered_by_uid_labels_and_the_wanted_object(
     make_identity: IdentityFactory,
 ) -> None:
     wanted = own_role(make_identity())
+    watched = live(wanted)
+    # as parsed from the watch: a dict of its own, with a label someone else added
+    watched["metadata"]["labels"] = {**wanted["metadata"]["labels"], "team": "a"}
     rt = runtime()
-    rt.remember_child(KEY, live(wanted), wanted)
+    rt.remember_child(KEY, watched, wanted)
     remembered = rt.children[KEY]
     assert remembered[MATCHED] is wanted
     assert remembered["metadata"] == {"uid": "role-uid", "labels": wanted["metadata"]["labels"]}
+    # the wanted labels themselves (shared by the identity's children), not a copy per child
+    assert remembered["metadata"]["labels"] is wanted["metadata"]["labels"]
 
 
 def test_a_child_that_differs_or_is_not_yet_wanted_is_remembered_whole(

@@ -75,20 +75,21 @@ class Runtime:
 def _kept(obj: Mapping[str, Any], matches: dict[str, Any] | None) -> dict[str, Any]:
     meta = obj["metadata"]
     if matches is not None:
-        return {
-            "metadata": {"uid": meta.get("uid"), "labels": meta.get("labels")},
-            MATCHED: matches,
-        }
+        # The desired object's labels, shared by all of the identity's children: the watched
+        # ones hold at least those (they matched), and only those are read (whose child it is).
+        labels = matches.get("metadata", {}).get("labels")
+        return {"metadata": {"uid": meta.get("uid"), "labels": labels}, MATCHED: matches}
     # kopf replaces an object's dict on every event and never edits one in place, so a shallow
     # copy is enough; managedFields is the bulk of it and never compared.
     trimmed = {k: v for k, v in meta.items() if k != "managedFields"}
     return {**obj, "metadata": trimmed}
 
 
-@dataclass
+@dataclass(slots=True)
 class Memory:
     """What the operator remembers about one identity between reconciles, in this process only.
-    Losing it (a restart) costs reads, never correctness."""
+    Losing it (a restart) costs reads, never correctness. Slotted, as are Tracked and Timetable,
+    since every identity holds one."""
 
     desired: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     pruned_for: tuple[int, bool] | None = None
