@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory  # see kopf.run(memories)
 
-from . import FIELD_MANAGER, GROUP, PLURAL, VERSION, turns
+from . import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, turns
 from . import metrics as m
 from .audit_receiver import Receiver, ReceiverConfig
 from .desired import TOKEN_SECRET_OF, is_subset, object_key
@@ -97,6 +98,27 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         return None
+
+
+class IdentityMemories(ResourceMemories):
+    """kopf's memory of each watched object, kept for AppIdentities alone. kopf keeps one per
+    object of every watched kind (0.8 KiB each: a memo copy, daemon and indexing state), four
+    per identity for its ServiceAccount and Roles and RoleBinding, although only event handlers
+    run for them, which need nothing from one event to the next: those get a memory for the
+    event at hand, as kopf does for admission requests (`ephemeral`)."""
+
+    async def recall(
+        self,
+        raw_body: kopf.RawBody,
+        *,
+        memobase: Any = None,
+        noticed_by_listing: bool = False,
+        ephemeral: bool = False,
+    ) -> ResourceMemory:
+        ephemeral = ephemeral or raw_body.get("kind") != KIND
+        return await super().recall(
+            raw_body, memobase=memobase, noticed_by_listing=noticed_by_listing, ephemeral=ephemeral
+        )
 
 
 @kopf.on.startup()

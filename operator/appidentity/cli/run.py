@@ -129,6 +129,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     kopf.run(
+        memories=handlers.IdentityMemories(),
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
