@@ -375,8 +375,10 @@ async def namespace_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> No
     if RUNTIME is not None:
         if event.get("type") == "DELETED":
             RUNTIME.namespaces.pop(name, None)
+            RUNTIME.namespace_versions.pop(name, None)
         else:
             RUNTIME.namespaces[name] = dict(meta.get("annotations") or {})
+            RUNTIME.namespace_versions[name] = RUNTIME.namespace_versions.get(name, 0) + 1
     if _listed(event):
         return
     for key in REGISTRY.keys_for(("grant", str(name))):

@@ -51,6 +51,8 @@ def cycle(rt: Runtime, registry: Registry, body: dict[str, Any], tracked: Tracke
         # The watch may not have delivered our own last status write yet; comparing against a
         # stale status would repeat Events and reset transition times.
         body = {**body, "status": json.loads(tracked.last_written)}
+    grants = _grant_namespaces(body)
+    seen = [rt.namespace_versions.get(ns, 0) for ns in grants]
     try:
         result = reconcile(rt, body, tracked.memory, utcnow())
         registry.index(key, tracked.memory)
@@ -58,6 +60,11 @@ def cycle(rt: Runtime, registry: Registry, body: dict[str, Any], tracked: Tracke
         m.RECONCILES.labels("ok").inc()
         if result.check:
             m.CHECKS.labels(result.check).inc()
+        if [rt.namespace_versions.get(ns, 0) for ns in grants] != seen:
+            # A namespace granted into changed while this reconcile ran: it may have read the
+            # consent before the change, and the event came before the index could wake it.
+            tracked.memory.poked = True
+            return 0.0
         return result.wake_in
     except ApiError as exc:
         # The retry is a full reconcile, and proves again: the status may not hold this proof.
@@ -69,6 +76,11 @@ def cycle(rt: Runtime, registry: Registry, body: dict[str, Any], tracked: Tracke
         return ERROR_BACKOFF
     finally:
         m.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+
+def _grant_namespaces(body: Mapping[str, Any]) -> list[str]:
+    grants = (body.get("spec") or {}).get("namespaces") or []
+    return [str(g.get("name")) for g in grants if isinstance(g, dict)]
 
 
 def _publish(rt: Runtime, body: Mapping[str, Any], tracked: Tracked, result: Result) -> None:

@@ -42,6 +42,9 @@ class Runtime:
     children: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     # Namespace name -> its annotations, as watched (consent lives there); absent = not yet seen.
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
+    # How many times each namespace's watch event came: a turn compares them before and after
+    # its reconcile, which may have read a namespace's consent just before it changed.
+    namespace_versions: dict[str, int] = field(default_factory=dict)
     # The watch (event loop) and reconciles (worker threads) both write `children`.
     _children_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     discovery: DiscoveryCache = field(init=False, repr=False)  # read at its first use
