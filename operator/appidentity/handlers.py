@@ -373,12 +373,8 @@ async def namespace_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> No
     meta = body.get("metadata", {})
     name = meta.get("name")
     if RUNTIME is not None:
-        if event.get("type") == "DELETED":
-            RUNTIME.namespaces.pop(name, None)
-            RUNTIME.namespace_versions.pop(name, None)
-        else:
-            RUNTIME.namespaces[name] = dict(meta.get("annotations") or {})
-            RUNTIME.namespace_versions[name] = RUNTIME.namespace_versions.get(name, 0) + 1
+        gone = event.get("type") == "DELETED"
+        RUNTIME.namespace_event(str(name), None if gone else meta.get("annotations") or {})
     if _listed(event):
         return
     for key in REGISTRY.keys_for(("grant", str(name))):

@@ -51,8 +51,7 @@ def cycle(rt: Runtime, registry: Registry, body: dict[str, Any], tracked: Tracke
         # The watch may not have delivered our own last status write yet; comparing against a
         # stale status would repeat Events and reset transition times.
         body = {**body, "status": json.loads(tracked.last_written)}
-    grants = _grant_namespaces(body)
-    seen = [rt.namespace_versions.get(ns, 0) for ns in grants]
+    seen = rt.namespace_events
     try:
         result = reconcile(rt, body, tracked.memory, utcnow())
         registry.index(key, tracked.memory)
@@ -60,7 +59,7 @@ def cycle(rt: Runtime, registry: Registry, body: dict[str, Any], tracked: Tracke
         m.RECONCILES.labels("ok").inc()
         if result.check:
             m.CHECKS.labels(result.check).inc()
-        if [rt.namespace_versions.get(ns, 0) for ns in grants] != seen:
+        if any(rt.namespace_changed.get(ns, 0) > seen for ns in tracked.memory.grant_namespaces):
             # A namespace granted into changed while this reconcile ran: it may have read the
             # consent before the change, and the event came before the index could wake it.
             tracked.memory.poked = True
@@ -76,11 +75,6 @@ def cycle(rt: Runtime, registry: Registry, body: dict[str, Any], tracked: Tracke
         return ERROR_BACKOFF
     finally:
         m.RECONCILE_SECONDS.observe(time.monotonic() - started)
-
-
-def _grant_namespaces(body: Mapping[str, Any]) -> list[str]:
-    grants = (body.get("spec") or {}).get("namespaces") or []
-    return [str(g.get("name")) for g in grants if isinstance(g, dict)]
 
 
 def _publish(rt: Runtime, body: Mapping[str, Any], tracked: Tracked, result: Result) -> None:

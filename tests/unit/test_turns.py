@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 from appidentity import turns
-from appidentity.reconcile import Result, Runtime
+from appidentity.reconcile import Memory, Result, Runtime
 from appidentity.registry import Registry, Tracked
 
 from .conftest import POD_READER, identity_body
@@ -21,8 +21,9 @@ def turn_while(
     """One cycle whose reconcile sees `meanwhile` happen (a watch event) while it runs."""
     rt = Runtime(kube=None, policy=None, baseline=None)  # type: ignore[arg-type]
 
-    def reconcile(rt: Runtime, *_: object) -> Result:
+    def reconcile(rt: Runtime, body: object, mem: Memory, now: object) -> Result:
         meanwhile(rt)
+        mem.grant_namespaces = {"team-b"}  # as the apply phase records the spec's grants
         return Result({}, [], wake_in=30.0)
 
     monkeypatch.setattr(turns, "reconcile", reconcile)
@@ -35,8 +36,7 @@ def turn_while(
 
 def consent_changed(namespace: str) -> Callable[[Runtime], None]:
     def event(rt: Runtime) -> None:
-        rt.namespaces[namespace] = {"appidentity.dev/accept-grants-from": "team-a"}
-        rt.namespace_versions[namespace] = rt.namespace_versions.get(namespace, 0) + 1
+        rt.namespace_event(namespace, {"appidentity.dev/accept-grants-from": "team-a"})
 
     return event
 

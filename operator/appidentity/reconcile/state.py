@@ -42,9 +42,10 @@ class Runtime:
     children: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     # Namespace name -> its annotations, as watched (consent lives there); absent = not yet seen.
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
-    # How many times each namespace's watch event came: a turn compares them before and after
-    # its reconcile, which may have read a namespace's consent just before it changed.
-    namespace_versions: dict[str, int] = field(default_factory=dict)
+    # Namespace watch events, numbered; and each namespace's last one. A turn compares them
+    # with the number before its reconcile, which may have read a consent just before it changed.
+    namespace_events: int = 0
+    namespace_changed: dict[str, int] = field(default_factory=dict)
     # The watch (event loop) and reconciles (worker threads) both write `children`.
     _children_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     discovery: DiscoveryCache = field(init=False, repr=False)  # read at its first use
@@ -60,6 +61,16 @@ class Runtime:
         thousands of identities' children would otherwise be held twice."""
         with self._children_lock:
             self.children[key] = _kept(obj, matches)
+
+    def namespace_event(self, name: str, annotations: Mapping[str, str] | None) -> None:
+        """A namespace as watched (its annotations hold the consent), or gone (None)."""
+        if annotations is None:
+            self.namespaces.pop(name, None)
+            self.namespace_changed.pop(name, None)
+            return
+        self.namespaces[name] = dict(annotations)
+        self.namespace_events += 1
+        self.namespace_changed[name] = self.namespace_events
 
     def forget_child(self, key: tuple[str, str, str]) -> None:
         with self._children_lock:
