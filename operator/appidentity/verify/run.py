@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,7 +217,7 @@ def check_access(
             found = excess(answer.rules, [*granted, *baseline(ns, max_age=BASELINE_RECHECK)], ns)
         out.excess += found
         out.results += _grant_coverage(plan, answer.rules, ns)
-    out.rules_hash = rules_hash({ns: answer.rules for ns, answer in reviews.items()})
+    out.rules_hash = reviews_hash(reviews)
     return out
 
 
@@ -233,13 +233,17 @@ def rules_reviews(http: Http, namespaces: Sequence[str]) -> dict[str, RulesAnswe
     return answers
 
 
+def reviews_hash(reviews: Mapping[str, RulesAnswer]) -> str:
+    """The effective rules' hash (status.verification.rulesHash) the re-checks compare."""
+    return rules_hash({ns: answer.rules for ns, answer in reviews.items()})
+
+
 def rules_unchanged(http: Http, namespaces: Sequence[str], expected_hash: str) -> bool:
     """The cheap re-check: the token still authenticates and its effective rules hash as they
     did at the last full proof (one SelfSubjectRulesReview per namespace). False for a dead
     token (401: e.g. its Secret was deleted); other API errors are raised."""
     try:
-        reviews = rules_reviews(http, namespaces)
-        return rules_hash({ns: a.rules for ns, a in reviews.items()}) == expected_hash
+        return reviews_hash(rules_reviews(http, namespaces)) == expected_hash
     except ApiError as exc:
         if exc.status != 401:
             raise
