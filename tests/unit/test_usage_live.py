@@ -12,7 +12,7 @@ from appidentity import SELF_CHECK_USER_AGENT
 from appidentity.status import READY, USAGE_OBSERVED, Condition, conditions, with_informational
 from appidentity.usage.live import PUBLISH_SECONDS, LiveUsage, condition_of
 
-from .test_usage import FIXTURE, LINES, body, run
+from .test_usage import CONFIGMAPS, FIXTURE, LINES, PODS, body, run
 
 EVENTS = [json.loads(line) for line in LINES]
 
@@ -57,6 +57,20 @@ def test_a_new_spec_starts_afresh_and_a_forgotten_identity_counts_nothing() -> N
     assert summary is not None and summary["deniedCount"] == 0
     live.forget("t1.app")
     assert live.ingest(EVENTS) == 0 and live.publish("t1.app", 0.0) is None
+
+
+def test_a_renamed_service_account_counts_for_its_new_name_only() -> None:
+    renamed = body(rules=[CONFIGMAPS, PODS], serviceAccount={"name": "renamed"})
+    as_renamed = [{**e, "user": {"username": "system:serviceaccount:t1:renamed"}} for e in EVENTS]
+    live = fed()
+    live.track("t2.other", {**body(), "metadata": {"name": "other", "namespace": "t2"}})
+    live.track("t1.app", renamed)
+    assert live.ingest(EVENTS) == 0  # the old name is no longer the identity's
+    assert live.ingest(as_renamed) > 0
+    live.forget("t1.app")
+    assert live.ingest(as_renamed) == 0
+    other = [{**e, "user": {"username": "system:serviceaccount:t2:other"}} for e in EVENTS]
+    assert live.ingest(other) > 0  # forgetting one identity left the other's user in place
 
 
 def test_published_at_most_once_a_minute_and_woken_only_when_changed() -> None:

@@ -32,6 +32,7 @@ class Tracked:
 
     spec_key: str
     entries: list[Entry]
+    user: str = ""  # the ServiceAccount's username, its key in LiveUsage._by_user
     first: str = ""
     last: str = ""
     last_seen: str = ""
@@ -72,17 +73,19 @@ class LiveUsage:
             old = self._usage.get(key)
             if old is not None and old.spec_key == spec_key:
                 return
-            for u in [u for u, k in self._by_user.items() if k == key]:
-                del self._by_user[u]
+            self._unlink(key, old)
             self._by_user[user] = key
             # ClusterRoles' rules are not read here: their entries stay "unknown", not unused.
-            self._usage[key] = Tracked(spec_key, entries_of(namespace, spec, {}))
+            self._usage[key] = Tracked(spec_key, entries_of(namespace, spec, {}), user)
 
     def forget(self, key: str) -> None:
         with self._lock:
-            self._usage.pop(key, None)
-            for u in [u for u, k in self._by_user.items() if k == key]:
-                del self._by_user[u]
+            self._unlink(key, self._usage.pop(key, None))
+
+    def _unlink(self, key: str, tracked: Tracked | None) -> None:
+        """Drops the identity's user from the index: one lookup, not a scan of every user."""
+        if tracked is not None and self._by_user.get(tracked.user) == key:
+            del self._by_user[tracked.user]
 
     def ingest(self, events: Iterable[Mapping[str, Any]]) -> int:
         """One batch of audit Events; returns how many were requests of tracked identities
