@@ -56,7 +56,7 @@ def main() -> None:
 
     bare = credential_free(kube.api.configuration, kube.ca_crt)
     via_client = Http(kube.api, ClientTransport(client.ApiClient(bare), False), token)
-    transport = token_transport(kube.api.configuration, kube.ca_crt)
+    transport = token_transport(kube.api.configuration, kube.ca_crt, 8)
     assert isinstance(transport, TokenTransport)
     via_stdlib = Http(kube.api, transport, token)
     pool = client.ApiClient(bare).rest_client.pool_manager

@@ -31,7 +31,7 @@ from .policy import load_policy
 from .reconcile import Runtime, cleanup
 from .registry import Registry, compact
 from .schedule import FULL_PROOF_SECONDS
-from .scheduler import Scheduler
+from .scheduler import WORKERS, Scheduler
 from .tokens import rotation_requested
 from .usage.live import LiveUsage
 from .verify.baseline import Baseline
@@ -51,7 +51,7 @@ class Options:
     public_server: str | None = None
     recheck_seconds: float | None = None
     full_proof_seconds: float = FULL_PROOF_SECONDS
-    workers: int = 8
+    workers: int = WORKERS
     audit_webhook: ReceiverConfig | None = None  # the audit webhook receiver, off when None
 
 
@@ -145,7 +145,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     managed = f"{MANAGED_BY}={FIELD_MANAGER}"
     settings.watching.label_selectors["serviceaccounts"] = managed
     settings.watching.label_selectors[RBAC, "roles"] = managed
-    kube = Kube.connect(OPTIONS.kubeconfig, OPTIONS.public_server)
+    kube = Kube.connect(OPTIONS.kubeconfig, OPTIONS.public_server, OPTIONS.workers)
     baseline = Baseline(kube, OPTIONS.operator_namespace)
     baseline.ensure()
     RUNTIME = Runtime(

@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 
 import pytest
 from appidentity.kube import ApiError, Http, OwnTransport, TokenTransport
+from appidentity.kube.transport import own_transport, token_transport
+from kubernetes import client
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl"
 
@@ -120,7 +122,7 @@ def own(monkeypatch: pytest.MonkeyPatch) -> OwnTransport:
     Connection.made = []
     monkeypatch.setattr(http.client, "HTTPSConnection", Connection)
     reloaded = Settings("fresh")
-    return OwnTransport(Settings("old"), ssl.create_default_context(), lambda: reloaded)  # type: ignore[arg-type]
+    return OwnTransport(Settings("old"), ssl.create_default_context(), 2, lambda: reloaded)  # type: ignore[arg-type]
 
 
 def test_the_operators_own_requests_carry_its_credentials_and_its_name(own: OwnTransport) -> None:
@@ -152,3 +154,21 @@ def _status(answers: Iterator[int]) -> Callable[..., None]:
         self.status, self.reason, self.will_close = next(answers), "", will_close
 
     return init
+
+
+def test_each_worker_keeps_its_connections_for_reuse() -> None:
+    """As many idle connections are kept as the workers can use at once (one each for the
+    operator's own requests, two for its self-check's), so none costs a new TLS handshake."""
+    cfg = client.Configuration(host="https://127.0.0.1:6443")
+    cfg.verify_ssl = False
+    workers = 24
+    pools = [
+        (own_transport(client.ApiClient(cfg), b"", None, workers), workers),
+        (token_transport(cfg, b"", workers), 2 * workers),
+    ]
+    for pool, kept in pools:
+        assert isinstance(pool, TokenTransport)
+        conns = [Connection() for _ in range(kept + 1)]
+        for conn in conns:
+            pool._release(conn)  # type: ignore[arg-type]
+        assert [c.closed for c in conns] == [False] * kept + [True]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schedule import FULL_PROOF_SECONDS
+from ..scheduler import WORKERS
 from .common import EXIT_OK, EXIT_USAGE, add_kubeconfig, add_operator_namespace
 
 
@@ -169,7 +170,9 @@ def add_parser(sub: Any) -> None:
         default=FULL_PROOF_SECONDS,
         help="prove every identity in full at least this often, even when nothing changed",
     )
-    run.add_argument("--workers", type=int, default=8, help="reconciles running at once (threads)")
+    run.add_argument(
+        "--workers", type=int, default=WORKERS, help="reconciles running at once (threads)"
+    )
     _add_receiver(run)
     add_kubeconfig(run)
     add_operator_namespace(run)

@@ -27,20 +27,28 @@ class Kube(Http):
         ca_crt: bytes,
         public_server: str | None = None,
         reload: Callable[[], client.Configuration] | None = None,
+        workers: int = 1,
     ):
-        super().__init__(api, own_transport(api, ca_crt, reload))
+        """`workers`: the threads that use it at once (the connections kept open follow)."""
+        super().__init__(api, own_transport(api, ca_crt, reload, workers))
         self.ca_crt = ca_crt
         # The address written into identities' kubeconfigs; in a cluster the operator's own
         # address is the in-cluster Service, which is right for Pods but not for laptops.
         self.public_server = public_server or self.server
-        self._tokens = token_transport(api.configuration, ca_crt)
+        self._tokens = token_transport(api.configuration, ca_crt, workers)
 
     @classmethod
-    def connect(cls, kubeconfig: str | None = None, public_server: str | None = None) -> Kube:
+    def connect(
+        cls, kubeconfig: str | None = None, public_server: str | None = None, workers: int = 1
+    ) -> Kube:
         cfg = load_configuration(kubeconfig)
         ca_crt = Path(cfg.ssl_ca_cert).read_bytes() if cfg.ssl_ca_cert else b""
         return cls(
-            client.ApiClient(cfg), ca_crt, public_server, lambda: load_configuration(kubeconfig)
+            client.ApiClient(cfg),
+            ca_crt,
+            public_server,
+            lambda: load_configuration(kubeconfig),
+            workers,
         )
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:

@@ -19,10 +19,11 @@ from kubernetes import client
 from .. import FIELD_MANAGER, SELF_CHECK_USER_AGENT, VERSION
 
 TIMEOUT = (5.0, 30.0)
-# Idle connections kept for reuse, per pool; more may be open at once, and those are closed
-# after use. The operator's own requests come from its reconcile workers (8 by default).
-TOKEN_CONNECTIONS = 16
-OWN_CONNECTIONS = 8
+# Idle connections kept for reuse, per pool, for each reconcile worker: its own requests, and
+# the token requests of its self-check. More may be open at once; those are closed after use,
+# and a new one costs both sides a TLS handshake.
+OWN_PER_WORKER = 1
+TOKEN_PER_WORKER = 2
 OWN_USER_AGENT = f"{FIELD_MANAGER}/{VERSION}"
 
 
@@ -37,7 +38,7 @@ class TokenTransport:
 
     resend_writes = True  # see OwnTransport
 
-    def __init__(self, server: str, context: ssl.SSLContext, size: int = TOKEN_CONNECTIONS):
+    def __init__(self, server: str, context: ssl.SSLContext, size: int):
         url = urlsplit(server)
         self._host = url.hostname or ""
         self._port = url.port or 443
@@ -120,9 +121,10 @@ class OwnTransport(TokenTransport):
         self,
         cfg: client.Configuration,
         context: ssl.SSLContext,
+        size: int,
         reload: Callable[[], client.Configuration] | None = None,
     ) -> None:
-        super().__init__(str(cfg.host), context, size=OWN_CONNECTIONS)
+        super().__init__(str(cfg.host), context, size)
         self._cfg = cfg
         self._reload = reload
 
@@ -198,7 +200,10 @@ def only_client_handles(cfg: client.Configuration) -> bool:
 
 
 def own_transport(
-    api: client.ApiClient, ca_crt: bytes, reload: Callable[[], client.Configuration] | None
+    api: client.ApiClient,
+    ca_crt: bytes,
+    reload: Callable[[], client.Configuration] | None,
+    workers: int,
 ) -> Transport:
     """The operator's own requests, with the credentials of `api`'s configuration."""
     cfg = api.configuration
@@ -207,18 +212,18 @@ def own_transport(
     context = _trusting(cfg, ca_crt)
     if cfg.cert_file:
         context.load_cert_chain(cfg.cert_file, cfg.key_file)
-    return OwnTransport(cfg, context, reload)
+    return OwnTransport(cfg, context, OWN_PER_WORKER * workers, reload)
 
 
-def token_transport(cfg: client.Configuration, ca_crt: bytes) -> Transport:
+def token_transport(cfg: client.Configuration, ca_crt: bytes, workers: int) -> Transport:
     """Trusts what the operator's own connection trusts, and presents no client certificate."""
     if only_client_handles(cfg):
         bare = credential_free(cfg, ca_crt)
-        bare.connection_pool_maxsize = TOKEN_CONNECTIONS
+        bare.connection_pool_maxsize = TOKEN_PER_WORKER * workers
         api = client.ApiClient(bare)
         api.user_agent = SELF_CHECK_USER_AGENT  # its default headers win over a request's
         return ClientTransport(api, own_credentials=False)
-    return TokenTransport(str(cfg.host), _trusting(cfg, ca_crt))
+    return TokenTransport(str(cfg.host), _trusting(cfg, ca_crt), TOKEN_PER_WORKER * workers)
 
 
 def _trusting(cfg: client.Configuration, ca_crt: bytes) -> ssl.SSLContext:
