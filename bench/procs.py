@@ -197,7 +197,7 @@ class Operator:
         python: str,
         kubeconfig: str,
         log_path: Path,
-        workers: int,
+        workers: int | None,
         schedule: list[str] | None = None,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
@@ -234,9 +234,9 @@ class Operator:
             str(self.liveness_port),
             "--log-format",
             "json",
-            "--workers",
-            str(self.workers),
         ]
+        if self.workers is not None:
+            cmd += ["--workers", str(self.workers)]
         cmd += self.schedule
         cmd += self.extra_args
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

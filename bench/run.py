@@ -48,12 +48,14 @@ from apiclient import (
     is_ready,
     parse_metrics,
 )
+from appidentity.scheduler import WORKERS
 from baselines import (
     direct_flow,
     identity_body,
     manual_flow,
     tokenless_kubeconfig,
 )
+from operator_sa import RBAC_FILES, operator_credentials, wait_for_ceiling
 from procs import (
     REPO,
     Operator,
@@ -457,6 +459,9 @@ class Ctx:
     cp_pids: dict[str, int] = field(default_factory=dict)
     operator_options: set[str] = field(default_factory=set)
     audit_log: Path | None = None  # a cluster.sh control plane's (bench/refused.py)
+    # The operator's credentials (--operator-credentials), which the plain client (b) shares.
+    operator_kubeconfig: str = ""
+    operator_api: Api | None = None
 
     def limit(self, n: int) -> float:
         """The bound of a wait at N: --timeout up to N=1000, proportionally more above."""
@@ -500,7 +505,7 @@ class Ctx:
                 env["APPID_BENCH_CPROFILE"] = "1"
         return Operator(
             self.python,
-            self.kubeconfig,
+            self.operator_kubeconfig or self.kubeconfig,
             self.work / log_name,
             args.workers,
             flags,
@@ -772,7 +777,8 @@ def run_baselines(ctx: Ctx, n: int) -> dict[str, Any]:
             targets = [(nsd[i % len(nsd)], f"direct-{i}") for i in range(n)]
             log(f"N={n}: baseline (b) direct client, {n} identities, {args.direct_workers} threads")
             meter = Meter(ctx.cp_pids)
-            direct = direct_flow(ctx.api, ctx.tokens, targets, args.direct_workers)
+            client = ctx.operator_api or ctx.api
+            direct = direct_flow(client, ctx.tokens, targets, args.direct_workers)
             out["direct"] = {**direct.as_dict(), "cost": meter.done()}
             log(f"  {direct.throughput:.2f} identities/s ({direct.wall_seconds:.1f}s for {n})")
     finally:
@@ -1411,7 +1417,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--namespaces", type=int, default=10, help="identities are spread over this many"
     )
-    p.add_argument("--workers", type=int, default=8, help="operator --workers")
+    p.add_argument("--workers", type=int, help="operator --workers (default: the operator's)")
+    p.add_argument(
+        "--operator-credentials",
+        choices=("serviceaccount", "admin"),
+        default="serviceaccount",
+        help="the operator's (and baseline (b)'s) credentials: its ServiceAccount with deploy/'s"
+        " RBAC, as installed (default), or the control plane's admin client certificate",
+    )
     p.add_argument(
         "--recheck-seconds",
         type=float,
@@ -1445,7 +1458,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--settle", type=float, default=2.0, help="pause after operator start")
     p.add_argument("--manual-max", type=int, default=20, help="N for baseline (a) is min(N, this)")
-    p.add_argument("--direct-workers", type=int, default=16, help="threads of baseline (b)")
+    p.add_argument(
+        "--direct-workers",
+        type=int,
+        default=WORKERS,
+        help="threads of baseline (b) (default: as many as the operator's default workers)",
+    )
     p.add_argument("--create-workers", type=int, default=32, help="threads creating AppIdentities")
     p.add_argument("--skip-manual", action="store_true")
     p.add_argument("--skip-direct", action="store_true")
@@ -1592,8 +1610,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "work_dir": str(work),
     }
     code = 0
+    operator_api: Api | None = None
     try:
         install_api(kubeconfig, api)
+        if args.operator_credentials == "serviceaccount":
+            kubectl(
+                kubeconfig,
+                "apply",
+                *(a for f in RBAC_FILES for a in ("-f", str(REPO / "deploy" / f))),
+            )
+            wait_for_ceiling(api)
+            op_kubeconfig, op_creds = operator_credentials(api, creds, work)
+            ctx.operator_kubeconfig = str(op_kubeconfig)
+            operator_api = ctx.operator_api = Api(op_creds, pool=max(64, args.direct_workers * 2))
         for n in args.ns:
             results[str(n)] = {}
             if not (args.skip_manual and args.skip_direct):
@@ -1614,6 +1643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write_text(json.dumps(results, indent=2, default=str) + "\n")
         api.close()
         tokens.close()
+        if operator_api is not None:
+            operator_api.close()
         creds.close()
         if started_cluster and not args.keep_cluster:
             log("stopping the control plane this run started")

@@ -427,7 +427,7 @@ start_apiserver() {
     --service-account-key-file="$pki/sa.pub" \
     --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
-    --profiling=false
+    --profiling="${APPID_APISERVER_PROFILING:-false}"
   wait_for kube-apiserver "$url/readyz" apiserver_ready
 }
 
