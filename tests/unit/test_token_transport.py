@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
-from appidentity.kube import ApiError, Http, OwnTransport, TokenTransport
+from appidentity.kube import ApiError, Http, Kube, OwnTransport, TokenTransport
 from appidentity.kube.transport import own_transport, token_transport
 from kubernetes import client
 
@@ -172,3 +172,19 @@ def test_each_worker_keeps_its_connections_for_reuse() -> None:
         for conn in conns:
             pool._release(conn)  # type: ignore[arg-type]
         assert [c.closed for c in conns] == [False] * kept + [True]
+
+
+def test_behind_a_proxy_the_clients_pool_keeps_a_connection_per_worker(tmp_path: Any) -> None:
+    """Where the kubernetes client carries the operator's own requests (a proxy), its pool is
+    as large as the workers: urllib3 discards, with a warning, what a full pool cannot keep."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        "clusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\n"
+        "    insecure-skip-tls-verify: true\n    proxy-url: http://127.0.0.1:3128\n"
+        "users:\n- name: u\n  user: {token: not-a-real-token}\n"
+        "contexts:\n- name: c\n  context: {cluster: c, user: u}\ncurrent-context: c\n"
+    )
+    kube = Kube.connect(str(kubeconfig), workers=64)
+    assert kube.api.configuration.proxy == "http://127.0.0.1:3128"
+    assert kube.api.configuration.connection_pool_maxsize == 64

@@ -42,6 +42,9 @@ class Kube(Http):
         cls, kubeconfig: str | None = None, public_server: str | None = None, workers: int = 1
     ) -> Kube:
         cfg = load_configuration(kubeconfig)
+        # Where the kubernetes client carries the operator's own requests (a proxy, a TLS server
+        # name), its pool keeps as many connections as the workers use at once.
+        cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, workers)
         ca_crt = Path(cfg.ssl_ca_cert).read_bytes() if cfg.ssl_ca_cert else b""
         return cls(
             client.ApiClient(cfg),
