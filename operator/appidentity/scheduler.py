@@ -15,7 +15,7 @@ log = logging.getLogger("appidentity")
 ERROR_BACKOFF = 5.0
 # Turns at once (`run --workers`). A turn mostly waits on the API server: installed as deploy/
 # has it, each Role and RoleBinding the operator creates waits about 0.1 s for the API
-# server's escalation check (bench/README.md), and 8 workers left half the CPU idle.
+# server's escalation check (bench/README.md), and 8 workers left a third of the CPU idle.
 WORKERS = 24
 
 
