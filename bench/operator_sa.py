@@ -20,6 +20,7 @@ OPERATOR_SA = "appidentity-operator"
 GRANTABLE = "appidentity-operator-grantable"
 RBAC_FILES = ("serviceaccount.yaml", "rbac.yaml", "grantable.yaml")
 TOKEN_SECONDS = 12 * 3600  # longer than any run; the operator does not re-read it
+TOKEN_FILE = "operator-sa.token"  # in the run's work directory, removed when the run ends
 
 
 def wait_for_ceiling(api: Api, timeout: float = 60.0) -> None:
@@ -46,7 +47,7 @@ def operator_credentials(api: Api, creds: Credentials, work: Path) -> tuple[Path
         body={"spec": {"expirationSeconds": TOKEN_SECONDS}},
     )
     token = str(issued["status"]["token"])
-    token_file = work / "operator-sa.token"
+    token_file = work / TOKEN_FILE
     token_file.touch(mode=0o600)
     token_file.write_text(token)
     kubeconfig = work / "operator-sa.kubeconfig"

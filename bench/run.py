@@ -55,7 +55,7 @@ from baselines import (
     manual_flow,
     tokenless_kubeconfig,
 )
-from operator_sa import RBAC_FILES, operator_credentials, wait_for_ceiling
+from operator_sa import RBAC_FILES, TOKEN_FILE, operator_credentials, wait_for_ceiling
 from procs import (
     REPO,
     Operator,
@@ -1645,6 +1645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokens.close()
         if operator_api is not None:
             operator_api.close()
+        (work / TOKEN_FILE).unlink(missing_ok=True)  # the work directory (logs) is kept
         creds.close()
         if started_cluster and not args.keep_cluster:
             log("stopping the control plane this run started")
