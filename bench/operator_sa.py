@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from apiclient import Api, ApiError, Credentials
+from procs import REPO, kubectl
 
 OPERATOR_NS = "appidentity-system"
 OPERATOR_SA = "appidentity-operator"
@@ -21,6 +22,16 @@ GRANTABLE = "appidentity-operator-grantable"
 RBAC_FILES = ("serviceaccount.yaml", "rbac.yaml", "grantable.yaml")
 TOKEN_SECONDS = 12 * 3600  # longer than any run; the operator does not re-read it
 TOKEN_FILE = "operator-sa.token"  # in the run's work directory, removed when the run ends
+
+
+def as_installed(
+    kubeconfig: str, api: Api, creds: Credentials, work: Path
+) -> tuple[Path, Credentials]:
+    """deploy/'s ServiceAccount and RBAC applied (the namespace exists), the ceiling filled in,
+    and the operator's kubeconfig and credentials (`operator_credentials`)."""
+    kubectl(kubeconfig, "apply", *(a for f in RBAC_FILES for a in ("-f", str(REPO / "deploy" / f))))
+    wait_for_ceiling(api)
+    return operator_credentials(api, creds, work)
 
 
 def wait_for_ceiling(api: Api, timeout: float = 60.0) -> None:

@@ -55,7 +55,7 @@ from baselines import (
     manual_flow,
     tokenless_kubeconfig,
 )
-from operator_sa import RBAC_FILES, TOKEN_FILE, operator_credentials, wait_for_ceiling
+from operator_sa import TOKEN_FILE, as_installed
 from procs import (
     REPO,
     Operator,
@@ -1610,19 +1610,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "work_dir": str(work),
     }
     code = 0
-    operator_api: Api | None = None
     try:
         install_api(kubeconfig, api)
         if args.operator_credentials == "serviceaccount":
-            kubectl(
-                kubeconfig,
-                "apply",
-                *(a for f in RBAC_FILES for a in ("-f", str(REPO / "deploy" / f))),
-            )
-            wait_for_ceiling(api)
-            op_kubeconfig, op_creds = operator_credentials(api, creds, work)
+            op_kubeconfig, op_creds = as_installed(kubeconfig, api, creds, work)
             ctx.operator_kubeconfig = str(op_kubeconfig)
-            operator_api = ctx.operator_api = Api(op_creds, pool=max(64, args.direct_workers * 2))
+            ctx.operator_api = Api(op_creds, pool=max(64, args.direct_workers * 2))
         for n in args.ns:
             results[str(n)] = {}
             if not (args.skip_manual and args.skip_direct):
@@ -1643,8 +1636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write_text(json.dumps(results, indent=2, default=str) + "\n")
         api.close()
         tokens.close()
-        if operator_api is not None:
-            operator_api.close()
+        if ctx.operator_api is not None:
+            ctx.operator_api.close()
         (work / TOKEN_FILE).unlink(missing_ok=True)  # the work directory (logs) is kept
         creds.close()
         if started_cluster and not args.keep_cluster:
