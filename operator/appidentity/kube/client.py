@@ -15,7 +15,7 @@ from kubernetes import client
 from .. import FIELD_MANAGER, GROUP, VERSION
 from ..rbac import Request
 from .rest import ApiError, Http, load_configuration, path_for, review_attributes
-from .transport import own_transport, token_transport
+from .transport import OWN_PER_WORKER, own_transport, token_transport
 
 
 class Kube(Http):
@@ -44,7 +44,7 @@ class Kube(Http):
         cfg = load_configuration(kubeconfig)
         # Where the kubernetes client carries the operator's own requests (a proxy, a TLS server
         # name), its pool keeps as many connections as the workers use at once.
-        cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, workers)
+        cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, OWN_PER_WORKER * workers)
         ca_crt = Path(cfg.ssl_ca_cert).read_bytes() if cfg.ssl_ca_cert else b""
         return cls(
             client.ApiClient(cfg),
